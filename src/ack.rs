@@ -1,0 +1,119 @@
+//! The acknowledgement of one publish request: a [`Ticket`] whose [`Progress`]
+//! only moves forward, `Claimed -> Queued -> Committed | Failed`.
+//!
+//! Who sends: the request's handler marks `Queued` after its push; the writer
+//! marks `Committed` or `Failed`; dropping a request's `ClaimSet` (handler
+//! cancelled, queue full, writer gone) marks `Failed`. Who receives: the handler
+//! itself (durable acks wait for `Committed`) and any later request holding a
+//! duplicate of a key this request claimed (its "twin"), which must not answer
+//! 200 before this one's outcome is known.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+/// How far a request has got. Ordered: a final state never goes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Keys claimed in the recent map; not yet in the queue.
+    Claimed,
+    /// In the ring buffer (or already being written).
+    Queued,
+    /// On disk: the transaction holding this request's events has committed.
+    Committed,
+    /// Nothing of the request was stored; its claims were released.
+    Failed(FailReason),
+}
+
+impl Progress {
+    pub fn is_final(self) -> bool {
+        matches!(self, Progress::Committed | Progress::Failed(_))
+    }
+    fn rank(self) -> u8 {
+        match self {
+            Progress::Claimed => 0,
+            Progress::Queued => 1,
+            Progress::Committed | Progress::Failed(_) => 2,
+        }
+    }
+}
+
+/// Why a request could not be acknowledged. Each maps to a 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FailReason {
+    #[error("the write queue is full")]
+    QueueFull,
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("the storage commit failed")]
+    Storage,
+    #[error("an earlier copy of a duplicate event failed to be stored")]
+    TwinFailed,
+    #[error("the request was abandoned before it was queued")]
+    Abandoned,
+    #[error("the writer is not running")]
+    WriterGone,
+}
+
+/// One per request. Shared (`Arc`) by the handler, the queued item and the recent
+/// map's pending slots.
+#[derive(Debug)]
+pub struct Ticket {
+    progress: watch::Sender<Progress>,
+}
+
+impl Ticket {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Ticket { progress: watch::Sender::new(Progress::Claimed) })
+    }
+
+    pub fn progress(&self) -> Progress {
+        *self.progress.borrow()
+    }
+
+    /// Move forward to `next`; returns false (and changes nothing) if the ticket is
+    /// already there or further.
+    pub fn advance(&self, next: Progress) -> bool {
+        self.progress.send_if_modified(|p| {
+            let forward = next.rank() > p.rank();
+            if forward {
+                *p = next;
+            }
+            forward
+        })
+    }
+
+    /// Wait until the progress is at least `Queued` (`buffered`) or final (`durable`).
+    pub async fn wait(&self, until_final: bool) -> Progress {
+        let mut rx = self.progress.subscribe();
+        let result =
+            rx.wait_for(|p| if until_final { p.is_final() } else { p.rank() >= 1 }).await.map(|p| *p);
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        result.unwrap_or(Progress::Failed(FailReason::WriterGone))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_only_moves_forward() {
+        let t = Ticket::new();
+        assert!(t.advance(Progress::Queued));
+        assert!(t.advance(Progress::Committed));
+        assert!(!t.advance(Progress::Failed(FailReason::Storage)));
+        assert!(!t.advance(Progress::Queued));
+        assert_eq!(t.progress(), Progress::Committed);
+    }
+
+    #[tokio::test]
+    async fn waiters_see_the_final_state() {
+        let t = Ticket::new();
+        let t2 = t.clone();
+        let waiter = tokio::spawn(async move { t2.wait(true).await });
+        t.advance(Progress::Queued);
+        t.advance(Progress::Failed(FailReason::QueueFull));
+        assert_eq!(waiter.await.unwrap(), Progress::Failed(FailReason::QueueFull));
+    }
+}

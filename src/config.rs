@@ -1,0 +1,192 @@
+//! Configuration: every flag has an env var and a documented unit. `Config` is
+//! plain data (tests build it as a literal with `..Config::default()`); the
+//! validated values the stages need are derived by its methods.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::decode::Limits;
+use crate::dedup::DedupConfig;
+use crate::queue::{AckMode, WhenFull};
+use crate::writer::WriterConfig;
+
+/// event-aggregator: durable, deduplicating event ingestion over HTTP.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "aggregator", version, about, long_about = None)]
+pub struct Config {
+    /// Path of the redb database file; its directory is created if missing.
+    #[arg(long, env = "DB_PATH", default_value = "./data/aggregator.redb")]
+    pub db_path: PathBuf,
+
+    /// Address to listen on (the container sets 0.0.0.0).
+    #[arg(long, env = "API_HOST", default_value = "127.0.0.1")]
+    pub api_host: IpAddr,
+
+    /// TCP port to listen on (0 picks a free one).
+    #[arg(long, env = "API_PORT", default_value_t = 8000)]
+    pub api_port: u16,
+
+    /// When a 200 is sent: `durable` (after fsync) or `buffered` (once queued).
+    /// A request may override it with `?ack=`.
+    #[arg(long, env = "ACK_MODE", value_enum, default_value_t = AckMode::Durable)]
+    pub ack_mode: AckMode,
+
+    /// Longest idle wait of the writer between queue checks, in milliseconds
+    /// (a publish wakes it at once).
+    #[arg(long, env = "FLUSH_INTERVAL_MS", default_value_t = 5)]
+    pub flush_interval_ms: u64,
+
+    /// Most events written in one transaction.
+    #[arg(long, env = "WRITER_BATCH_MAX_EVENTS", default_value_t = 20_000)]
+    pub writer_batch_max_events: usize,
+
+    /// Ring buffer slots (one per request).
+    #[arg(long, env = "QUEUE_CAPACITY_REQUESTS", default_value_t = 8192)]
+    pub queue_capacity_requests: usize,
+
+    /// Most events queued or being written at once; past it publishers wait, then get 503.
+    #[arg(long, env = "QUEUE_CAPACITY_EVENTS", default_value_t = 500_000)]
+    pub queue_capacity_events: usize,
+
+    /// How long a publish waits for room in a full queue before a 503, in milliseconds
+    /// (0 = refuse at once).
+    #[arg(long, env = "ENQUEUE_TIMEOUT_MS", default_value_t = 500)]
+    pub enqueue_timeout_ms: u64,
+
+    /// Keys the Bloom filter is sized for at startup (at least twice the stored keys).
+    #[arg(long, env = "BLOOM_CAPACITY", default_value_t = 10_000_000)]
+    pub bloom_capacity: usize,
+
+    /// Bloom filter false-positive rate at capacity (0 < rate < 1).
+    #[arg(long, env = "BLOOM_FP_RATE", default_value_t = 0.01)]
+    pub bloom_fp_rate: f64,
+
+    /// Most committed keys kept in the recent-key map (duplicates of these are
+    /// decided without any disk access).
+    #[arg(long, env = "RECENT_KEYS_CAPACITY", default_value_t = 1_000_000)]
+    pub recent_keys_capacity: usize,
+
+    /// Largest request body, in bytes, both as sent and after decompression.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most events in one request.
+    #[arg(long, env = "MAX_BATCH_EVENTS", default_value_t = 10_000)]
+    pub max_batch_events: usize,
+
+    /// Largest `payload`, in bytes of JSON text.
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Longest time a request may take before a 503, in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    /// Most requests handled at once; past it clients get 429 with Retry-After.
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
+    pub max_concurrent_requests: usize,
+
+    /// redb page cache, in MiB.
+    #[arg(long, env = "DB_CACHE_MB", default_value_t = 256)]
+    pub db_cache_mb: usize,
+}
+
+impl Default for Config {
+    /// The documented defaults (clap also applies any of the env vars that are set).
+    fn default() -> Self {
+        Config::try_parse_from(["aggregator"]).expect("defaults parse")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(&'static str);
+
+impl Config {
+    /// Check the values clap cannot check by type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let nonzero = [
+            (self.writer_batch_max_events, "--writer-batch-max-events must be > 0"),
+            (self.queue_capacity_requests, "--queue-capacity-requests must be > 0"),
+            (self.queue_capacity_events, "--queue-capacity-events must be > 0"),
+            (self.max_batch_events, "--max-batch-events must be > 0"),
+            (self.max_body_bytes, "--max-body-bytes must be > 0"),
+            (self.max_concurrent_requests, "--max-concurrent-requests must be > 0"),
+            (self.bloom_capacity, "--bloom-capacity must be > 0"),
+        ];
+        if let Some((_, msg)) = nonzero.iter().find(|(v, _)| *v == 0) {
+            return Err(ConfigError(msg));
+        }
+        if !(self.bloom_fp_rate > 0.0 && self.bloom_fp_rate < 1.0) {
+            return Err(ConfigError("--bloom-fp-rate must be between 0 and 1"));
+        }
+        if self.flush_interval_ms == 0 || self.request_timeout_ms == 0 {
+            return Err(ConfigError("--flush-interval-ms and --request-timeout-ms must be > 0"));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.api_host, self.api_port)
+    }
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_batch_events: self.max_batch_events,
+            max_payload_bytes: self.max_payload_bytes,
+        }
+    }
+    pub fn dedup(&self) -> DedupConfig {
+        DedupConfig {
+            recent_capacity: self.recent_keys_capacity,
+            filter_capacity: self.bloom_capacity,
+            filter_fp_rate: self.bloom_fp_rate,
+        }
+    }
+    pub fn writer(&self) -> WriterConfig {
+        WriterConfig {
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            max_batch_events: self.writer_batch_max_events,
+        }
+    }
+    pub fn when_full(&self) -> WhenFull {
+        match self.enqueue_timeout_ms {
+            0 => WhenFull::Reject,
+            ms => WhenFull::Wait(Duration::from_millis(ms)),
+        }
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn db_cache_bytes(&self) -> usize {
+        self.db_cache_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let c = Config::default();
+        assert_eq!(c.db_path, PathBuf::from("./data/aggregator.redb"));
+        assert_eq!(c.listen_addr().to_string(), "127.0.0.1:8000");
+        assert_eq!(c.ack_mode, AckMode::Durable);
+        assert_eq!(c.max_payload_bytes, 65536);
+        assert_eq!(c.bloom_capacity, 10_000_000);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::try_parse_from(["aggregator", "--ack-mode", "maybe"]).is_err());
+        let c = Config { bloom_fp_rate: 1.5, ..Config::default() };
+        assert!(c.validate().is_err());
+        let c = Config { max_batch_events: 0, ..Config::default() };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! The in-memory dedup state: a sharded map of recent keys and a Bloom filter of
+//! every stored key. Sync, no `.await`: callers never hold a map guard across one.
+//!
+//! Invariants (collected in docs/design.md):
+//! - **Claim.** A key enters `recent` only through [`Deduper::claim`], atomically
+//!   (entry API): of two concurrent requests with one key, exactly one claims it.
+//! - **Coverage.** Every key on disk is in the filter, or in `recent`, or both. The
+//!   writer sets filter bits after its commit and before it marks keys `Committed`.
+//! - **Eviction.** A key leaves `recent` only when its claim is released (nothing
+//!   of its request was stored) or, once `Committed`, by oldest-first eviction.
+//!   So a pending key is never forgotten, and an evicted key is still in the filter.
+//! - **Writers.** Only the writer thread sets filter bits and marks keys `Committed`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bloomfilter::Bloom;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+
+use crate::ack::{FailReason, Progress, Ticket};
+use crate::event::{BuildKeyHasher, EventKey};
+
+/// What the recent map holds for a key.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    /// Claimed by the request owning this ticket; its outcome is not known yet.
+    Pending(Arc<Ticket>),
+    /// Durable on disk.
+    Committed,
+}
+
+/// The answer of [`Deduper::claim`] for one key.
+#[derive(Debug)]
+pub enum Claim {
+    /// This request now owns the key: it is new unless the filter and disk say otherwise.
+    Won,
+    /// Already claimed earlier in this same request.
+    SameRequest,
+    /// Known and durable: a duplicate decided in memory.
+    Committed,
+    /// Claimed by another request still in flight: a duplicate whose twin's
+    /// outcome this request must share.
+    PendingTwin(Arc<Ticket>),
+}
+
+/// Sizes of the dedup state.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupConfig {
+    /// Most keys kept in the recent map (pending keys may exceed it briefly).
+    pub recent_capacity: usize,
+    /// Keys the Bloom filter is sized for.
+    pub filter_capacity: usize,
+    /// Target false-positive rate at `filter_capacity`.
+    pub filter_fp_rate: f64,
+}
+
+pub struct Deduper {
+    recent: DashMap<EventKey, Slot, BuildKeyHasher>,
+    /// Hashes of every stored key. Readers: request handlers. Writer: the writer thread.
+    filter: RwLock<Bloom<u64>>,
+    filter_items: AtomicU64,
+    config: DedupConfig,
+}
+
+impl Deduper {
+    /// `stored_keys` is the number of keys already on disk; the filter is sized to
+    /// at least twice that so a restart never starts it near saturation.
+    pub fn new(config: DedupConfig, stored_keys: u64) -> Self {
+        let capacity = config.filter_capacity.max(2 * stored_keys as usize).max(1024);
+        let filter = Bloom::new_for_fp_rate(capacity, config.filter_fp_rate)
+            .expect("capacity >= 1024 and the fp rate is validated by Config");
+        Deduper {
+            recent: DashMap::with_hasher(BuildKeyHasher::default()),
+            filter: RwLock::new(filter),
+            filter_items: AtomicU64::new(0),
+            config: DedupConfig { filter_capacity: capacity, ..config },
+        }
+    }
+
+    /// Startup rebuild, before the writer starts: `scan` calls its argument with
+    /// the hash of every stored key.
+    pub fn rebuild<E>(&self, scan: impl FnOnce(&mut dyn FnMut(u64)) -> Result<u64, E>) -> Result<u64, E> {
+        let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
+        let loaded = scan(&mut |hash| filter.set(&hash))?;
+        self.filter_items.fetch_add(loaded, Ordering::Relaxed);
+        Ok(loaded)
+    }
+
+    /// Atomically claim `key` for the request holding `ticket`.
+    pub fn claim(&self, key: &EventKey, ticket: &Arc<Ticket>) -> Claim {
+        match self.recent.entry(key.clone()) {
+            Entry::Vacant(v) => {
+                v.insert(Slot::Pending(ticket.clone()));
+                Claim::Won
+            }
+            Entry::Occupied(o) => match o.get() {
+                Slot::Committed => Claim::Committed,
+                Slot::Pending(t) if Arc::ptr_eq(t, ticket) => Claim::SameRequest,
+                Slot::Pending(t) => Claim::PendingTwin(t.clone()),
+            },
+        }
+    }
+
+    /// Which of `keys` the filter may have seen (true) or certainly has not (false).
+    pub fn maybe_stored(&self, keys: &[&EventKey]) -> Vec<bool> {
+        let filter = self.filter.read().unwrap_or_else(|e| e.into_inner());
+        keys.iter().map(|k| filter.check(&k.hash())).collect()
+    }
+
+    /// Undo a claim whose request stored nothing. Only removes the slot if it is
+    /// still this ticket's, so a later claimant is never disturbed.
+    pub fn release(&self, key: &EventKey, ticket: &Arc<Ticket>) {
+        self.recent.remove_if(key, |_, slot| matches!(slot, Slot::Pending(t) if Arc::ptr_eq(t, ticket)));
+    }
+
+    /// Writer only, after a successful commit: filter bits for the newly stored keys.
+    pub fn add_to_filter<'a>(&self, new_keys: impl Iterator<Item = &'a EventKey>) {
+        let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for k in new_keys {
+            filter.set(&k.hash());
+            n += 1;
+        }
+        self.filter_items.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Writer only, after [`Self::add_to_filter`]: the key is durable.
+    pub fn mark_committed(&self, key: &EventKey) {
+        if let Some(mut slot) = self.recent.get_mut(key) {
+            *slot = Slot::Committed;
+        }
+    }
+
+    /// Writer only: forget committed keys, oldest first, until the map is within
+    /// its capacity. `order` holds keys in commit order; pending keys are skipped
+    /// by `remove_if` and simply left in the map.
+    pub fn evict(&self, order: &mut VecDeque<EventKey>) {
+        let mut excess = self.recent.len().saturating_sub(self.config.recent_capacity);
+        while excess > 0 {
+            let Some(key) = order.pop_front() else { break };
+            if self.recent.remove_if(&key, |_, s| matches!(s, Slot::Committed)).is_some() {
+                excess -= 1;
+            }
+        }
+    }
+
+    pub fn recent_len(&self) -> usize {
+        self.recent.len()
+    }
+    pub fn filter_items(&self) -> u64 {
+        self.filter_items.load(Ordering::Relaxed)
+    }
+    pub fn filter_capacity(&self) -> usize {
+        self.config.filter_capacity
+    }
+    pub fn filter_bytes(&self) -> usize {
+        self.filter.read().unwrap_or_else(|e| e.into_inner()).as_slice().len()
+    }
+}
+
+/// The keys one request claimed. Dropping it without [`ClaimSet::commit`] releases
+/// every claim and fails the ticket, so a cancelled or refused request can never
+/// leave a key stuck as pending.
+pub struct ClaimSet {
+    dedup: Arc<Deduper>,
+    ticket: Arc<Ticket>,
+    keys: Vec<EventKey>,
+    fail_reason: FailReason,
+    settled: bool,
+}
+
+impl ClaimSet {
+    pub fn new(dedup: Arc<Deduper>, ticket: Arc<Ticket>) -> Self {
+        ClaimSet { dedup, ticket, keys: Vec::new(), fail_reason: FailReason::Abandoned, settled: false }
+    }
+    pub fn push(&mut self, key: EventKey) {
+        self.keys.push(key);
+    }
+    pub fn ticket(&self) -> &Arc<Ticket> {
+        &self.ticket
+    }
+    pub fn keys(&self) -> &[EventKey] {
+        &self.keys
+    }
+
+    /// Writer only, after commit and filter update: keys become `Committed`, the
+    /// ticket `Committed`. Returns the keys for the eviction order.
+    pub fn commit(mut self) -> Vec<EventKey> {
+        for key in &self.keys {
+            self.dedup.mark_committed(key);
+        }
+        self.ticket.advance(Progress::Committed);
+        self.settled = true;
+        std::mem::take(&mut self.keys)
+    }
+
+    /// Release every claim and fail the ticket with `reason`.
+    pub fn fail(mut self, reason: FailReason) {
+        self.fail_reason = reason;
+        // Drop does the work.
+    }
+}
+
+impl Drop for ClaimSet {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        for key in &self.keys {
+            self.dedup.release(key, &self.ticket);
+        }
+        self.ticket.advance(Progress::Failed(self.fail_reason));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::KeyHasher;
+
+    fn dedup(recent_capacity: usize) -> Arc<Deduper> {
+        let config = DedupConfig { recent_capacity, filter_capacity: 10_000, filter_fp_rate: 0.01 };
+        Arc::new(Deduper::new(config, 0))
+    }
+    fn key(id: &str) -> EventKey {
+        EventKey::new(KeyHasher::new(1), "t", id)
+    }
+
+    #[test]
+    fn first_claim_wins_and_later_ones_see_the_twin() {
+        let d = dedup(10);
+        let (a, b) = (Ticket::new(), Ticket::new());
+        assert!(matches!(d.claim(&key("1"), &a), Claim::Won));
+        assert!(matches!(d.claim(&key("1"), &a), Claim::SameRequest));
+        match d.claim(&key("1"), &b) {
+            Claim::PendingTwin(t) => assert!(Arc::ptr_eq(&t, &a)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dropped_claims_are_released_and_the_ticket_fails() {
+        let d = dedup(10);
+        let a = Ticket::new();
+        let mut set = ClaimSet::new(d.clone(), a.clone());
+        assert!(matches!(d.claim(&key("1"), &a), Claim::Won));
+        set.push(key("1"));
+        drop(set);
+        assert_eq!(a.progress(), Progress::Failed(FailReason::Abandoned));
+        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won));
+    }
+
+    #[test]
+    fn release_never_removes_another_requests_claim() {
+        let d = dedup(10);
+        let (a, b) = (Ticket::new(), Ticket::new());
+        d.claim(&key("1"), &b);
+        d.release(&key("1"), &a);
+        assert!(matches!(d.claim(&key("1"), &a), Claim::PendingTwin(_)));
+    }
+
+    #[test]
+    fn committed_keys_are_in_the_filter_and_decided_in_memory() {
+        let d = dedup(10);
+        let a = Ticket::new();
+        let mut set = ClaimSet::new(d.clone(), a.clone());
+        d.claim(&key("1"), &a);
+        set.push(key("1"));
+        d.add_to_filter(set.keys().iter());
+        set.commit();
+        assert_eq!(a.progress(), Progress::Committed);
+        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Committed));
+        assert_eq!(d.maybe_stored(&[&key("1"), &key("2")]), vec![true, false]);
+    }
+
+    #[test]
+    fn eviction_takes_only_committed_keys_oldest_first() {
+        let d = dedup(2);
+        let pending = Ticket::new();
+        d.claim(&key("p"), &pending);
+        let mut order = VecDeque::new();
+        for id in ["1", "2", "3"] {
+            let t = Ticket::new();
+            let mut set = ClaimSet::new(d.clone(), t.clone());
+            d.claim(&key(id), &t);
+            set.push(key(id));
+            d.add_to_filter(set.keys().iter());
+            order.extend(set.commit());
+        }
+        d.evict(&mut order);
+        assert_eq!(d.recent_len(), 2);
+        assert!(matches!(d.claim(&key("p"), &Ticket::new()), Claim::PendingTwin(_)));
+        assert!(matches!(d.claim(&key("3"), &Ticket::new()), Claim::Committed));
+        // Evicted keys are still known to the filter, so they go to the disk check.
+        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won));
+        assert_eq!(d.maybe_stored(&[&key("1")]), vec![true]);
+    }
+}

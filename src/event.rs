@@ -1,0 +1,253 @@
+//! The event model: the validated [`Event`], its dedup [`EventKey`], and the
+//! validation rules of the HTTP contract.
+//!
+//! Called by `decode` (which turns wire fields into `Event`s) and by `ingest`
+//! (which turns events into keys and records). Everything here is pure and sync.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDateTime};
+
+/// Longest `topic`, `event_id` and `source`, in bytes (CONTRACT.md).
+pub const MAX_FIELD_BYTES: usize = 255;
+
+/// A position in the global arrival order. Assigned by the writer, starting at 1;
+/// `Seq(0)` is "before everything", the cursor of a first page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+/// A validated event, ready to be keyed and stored. Field values are kept exactly as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub topic: String,
+    pub event_id: String,
+    /// The original timestamp string, or the server's receive time when absent.
+    pub timestamp: String,
+    pub source: String,
+    /// The payload object's raw JSON text, byte-for-byte as sent (`{}` when absent).
+    pub payload: String,
+}
+
+/// The dedup key `(topic, event_id)`, compared by exact bytes, with its 64-bit hash
+/// precomputed once. Cloning is a reference-count bump: the recent map, the queue
+/// and the writer's eviction order all share one allocation.
+#[derive(Clone)]
+pub struct EventKey(Arc<KeyInner>);
+
+struct KeyInner {
+    hash: u64,
+    topic: Box<str>,
+    event_id: Box<str>,
+}
+
+impl EventKey {
+    pub fn new(hasher: KeyHasher, topic: impl Into<Box<str>>, event_id: impl Into<Box<str>>) -> Self {
+        let (topic, event_id) = (topic.into(), event_id.into());
+        let hash = hasher.hash(&topic, &event_id);
+        EventKey(Arc::new(KeyInner { hash, topic, event_id }))
+    }
+    /// The seeded hash: what the Bloom filter and the on-disk index are keyed by.
+    pub fn hash(&self) -> u64 {
+        self.0.hash
+    }
+    pub fn topic(&self) -> &str {
+        &self.0.topic
+    }
+    pub fn event_id(&self) -> &str {
+        &self.0.event_id
+    }
+    pub fn same_allocation(&self, other: &EventKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl PartialEq for EventKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.hash == other.0.hash && self.0.topic == other.0.topic && self.0.event_id == other.0.event_id
+    }
+}
+impl Eq for EventKey {}
+
+impl Hash for EventKey {
+    /// Only the precomputed hash: equal keys have equal hashes by construction.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl fmt::Debug for EventKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "({:?}, {:?})", self.topic(), self.event_id())
+    }
+}
+
+/// Hashes `(topic, event_id)` with xxh3 under a per-database seed. The seed is
+/// random per data directory and stored with the data, so the on-disk index
+/// stays valid across restarts while nobody can precompute colliding keys.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyHasher {
+    seed: u64,
+}
+
+impl KeyHasher {
+    pub fn new(seed: u64) -> Self {
+        KeyHasher { seed }
+    }
+    /// Chained: the topic's hash seeds the event id's, so `("ab", "c")` and
+    /// `("a", "bc")` are different keys.
+    pub fn hash(&self, topic: &str, event_id: &str) -> u64 {
+        use xxhash_rust::xxh3::xxh3_64_with_seed;
+        let topic_hash = xxh3_64_with_seed(topic.as_bytes(), self.seed);
+        xxh3_64_with_seed(event_id.as_bytes(), topic_hash)
+    }
+}
+
+/// A `Hasher` that passes the precomputed key hash through (for the recent map).
+#[derive(Default)]
+pub struct PassThroughHasher(u64);
+
+impl Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than `EventKey` is hashed: fold it in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type BuildKeyHasher = BuildHasherDefault<PassThroughHasher>;
+
+/// Why one field of one event was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Position of the event in the request (0-based).
+    pub index: usize,
+    pub field: &'static str,
+    pub reason: Cow<'static, str>,
+    pub kind: FieldErrorKind,
+}
+
+/// 422 for a broken rule, 413 for a value over its size limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldErrorKind {
+    Invalid,
+    TooLarge,
+}
+
+/// A rule a string field broke. Static text: the hot path does not format.
+pub type Rule = &'static str;
+
+/// `topic`: 1..=255 bytes after trimming, no whitespace or control characters.
+pub fn check_topic(topic: &str) -> Result<(), Rule> {
+    check_key_part(topic)?;
+    if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// `event_id`: 1..=255 bytes after trimming, no control characters.
+pub fn check_event_id(event_id: &str) -> Result<(), Rule> {
+    check_key_part(event_id)?;
+    if event_id.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    Ok(())
+}
+
+fn check_key_part(value: &str) -> Result<(), Rule> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() {
+        return Err("must not be empty");
+    }
+    if trimmed.len() > MAX_FIELD_BYTES {
+        return Err("must be at most 255 bytes");
+    }
+    Ok(())
+}
+
+/// `source`: at most 255 bytes.
+pub fn check_source(source: &str) -> Result<(), Rule> {
+    if source.len() > MAX_FIELD_BYTES {
+        return Err("must be at most 255 bytes");
+    }
+    Ok(())
+}
+
+/// `timestamp`: an ISO 8601 / RFC 3339 date-time with `Z`, an offset, or naive
+/// (taken as UTC); fractional seconds allowed. The string itself is kept as sent.
+pub fn check_timestamp(timestamp: &str) -> Result<(), Rule> {
+    const NAIVE: [&str; 4] =
+        ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"];
+    let s = timestamp.trim();
+    let ok = s.len() <= 64
+        && (DateTime::parse_from_rfc3339(s).is_ok()
+            || DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z").is_ok()
+            || NAIVE.iter().any(|f| NaiveDateTime::parse_from_str(s, f).is_ok()));
+    if ok { Ok(()) } else { Err("must be an ISO 8601 date-time, e.g. 2026-11-21T10:00:00Z") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_rules() {
+        assert!(check_topic("sensor.room1.temp").is_ok());
+        assert!(check_topic("Sensor.Room1").is_ok());
+        assert!(check_topic("").is_err());
+        assert!(check_topic("   ").is_err());
+        assert!(check_topic("a b").is_err());
+        assert!(check_topic(" a").is_err());
+        assert!(check_topic("a\u{7}").is_err());
+        assert!(check_topic(&"x".repeat(255)).is_ok());
+        assert!(check_topic(&"x".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn event_id_rules() {
+        assert!(check_event_id("b7c1-42").is_ok());
+        assert!(check_event_id("with inner space").is_ok());
+        assert!(check_event_id(" \t ").is_err());
+        assert!(check_event_id("a\nb").is_err());
+        assert!(check_event_id(&"é".repeat(128)).is_err(), "256 bytes");
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        for ok in [
+            "2026-11-21T10:00:00Z",
+            "2026-11-21T10:00:00.123456Z",
+            "2026-11-21T10:00:00+07:00",
+            "2026-11-21T10:00:00-0230",
+            "2026-11-21T10:00:00",
+            "2026-11-21 10:00:00.5",
+            "2026-11-21T10:00",
+        ] {
+            assert!(check_timestamp(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "yesterday", "2026-13-01T00:00:00Z", "2026-11-21", "1700000000"] {
+            assert!(check_timestamp(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_equality_is_exact_bytes_and_topic_scoped() {
+        let h = KeyHasher::new(7);
+        let a = EventKey::new(h, "t", "id-1");
+        assert_eq!(a, EventKey::new(h, "t", "id-1"));
+        assert_ne!(a, EventKey::new(h, "t", "ID-1"));
+        assert_ne!(a, EventKey::new(h, "u", "id-1"));
+        assert_ne!(h.hash("ab", "c"), h.hash("a", "bc"));
+        assert_ne!(KeyHasher::new(8).hash("t", "id-1"), a.hash());
+    }
+}

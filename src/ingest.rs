@@ -1,0 +1,194 @@
+//! The write path of one publish request, after decoding: key each event, claim
+//! the keys, decide new vs duplicate (memory, then filter, then an exact disk
+//! check off the executor), push one item to the queue, and wait for the ack.
+//!
+//! Called by `http::publish`. Promise: `Ok` means every event of the request is
+//! decided and, in durable mode, on disk (its own copy or an earlier twin's);
+//! `Err` means nothing of the request was stored or counted, so a retry is safe.
+//! If the request is cancelled at any await, its `ClaimSet` (in scope or inside
+//! the queued item) releases its claims or the writer settles them.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::ack::{FailReason, Progress, Ticket};
+use crate::dedup::{Claim, ClaimSet, Deduper};
+use crate::event::{Event, EventKey, KeyHasher};
+use crate::queue::{AckMode, IngestQueue, NewRecord, Pending, WhenFull};
+use crate::stats::Stats;
+use crate::store::{Store, StoreError, codec};
+
+/// The result of an acknowledged request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub received: usize,
+    pub stored: usize,
+    /// Positions of the duplicates in the request, ascending.
+    pub duplicate_indices: Vec<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The request could not be acknowledged; nothing of it was stored.
+    #[error(transparent)]
+    Unavailable(#[from] FailReason),
+    #[error("disk check failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("disk check task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+pub struct Ingest {
+    pub dedup: Arc<Deduper>,
+    pub queue: Arc<IngestQueue>,
+    pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
+    pub hasher: KeyHasher,
+    pub when_full: WhenFull,
+}
+
+/// How one event of the request was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    New,
+    /// Claimed, but the filter has seen its hash: needs the exact disk check.
+    Check,
+    Duplicate,
+}
+
+impl Ingest {
+    pub async fn publish(&self, events: Vec<Event>, ack: AckMode) -> Result<Outcome, IngestError> {
+        let received = events.len();
+        let received_at_us = chrono::Utc::now().timestamp_micros();
+        let keys: Vec<EventKey> = events
+            .iter()
+            .map(|e| EventKey::new(self.hasher, e.topic.as_str(), e.event_id.as_str()))
+            .collect();
+        let ticket = Ticket::new();
+        let mut claims = ClaimSet::new(self.dedup.clone(), ticket.clone());
+        let (mut decisions, twins) = self.claim_all(&keys, &ticket, &mut claims);
+        self.check_on_disk(&keys, &mut decisions).await?;
+
+        let mut records = Vec::new();
+        let mut duplicate_indices = Vec::new();
+        for (i, decision) in decisions.iter().enumerate() {
+            match decision {
+                Decision::New => records.push(new_record(&keys[i], &events[i], received_at_us)),
+                _ => duplicate_indices.push(i),
+            }
+        }
+        let outcome = Outcome { received, stored: records.len(), duplicate_indices };
+        let duplicates = outcome.duplicate_indices.len() as u64;
+        let item = Pending { records, duplicates, twins: twins.clone(), claims, ack };
+        if let Err(reason) = self.queue.push(item, self.when_full).await {
+            if reason == FailReason::QueueFull {
+                self.stats.rejected_queue_full.fetch_add(1, Relaxed);
+            }
+            return Err(reason.into());
+        }
+        ticket.advance(Progress::Queued);
+        self.await_ack(&ticket, &twins, ack).await?;
+        Ok(outcome)
+    }
+
+    /// Claim every key (sync: no map guard lives across an await). Returns each
+    /// event's first decision and the distinct tickets of pending twins.
+    fn claim_all(
+        &self,
+        keys: &[EventKey],
+        ticket: &Arc<Ticket>,
+        claims: &mut ClaimSet,
+    ) -> (Vec<Decision>, Vec<Arc<Ticket>>) {
+        let mut decisions = Vec::with_capacity(keys.len());
+        let mut twins: Vec<Arc<Ticket>> = Vec::new();
+        let mut won = Vec::new();
+        let mut in_memory = 0;
+        for key in keys {
+            let decision = match self.dedup.claim(key, ticket) {
+                Claim::Won => {
+                    claims.push(key.clone());
+                    won.push(decisions.len());
+                    Decision::New
+                }
+                Claim::SameRequest | Claim::Committed => Decision::Duplicate,
+                Claim::PendingTwin(twin) => {
+                    if !twins.iter().any(|t| Arc::ptr_eq(t, &twin)) {
+                        twins.push(twin);
+                    }
+                    Decision::Duplicate
+                }
+            };
+            in_memory += u64::from(decision == Decision::Duplicate);
+            decisions.push(decision);
+        }
+        let candidates: Vec<&EventKey> = won.iter().map(|&i| &keys[i]).collect();
+        let maybe = self.dedup.maybe_stored(&candidates);
+        let mut negatives = 0;
+        for (&i, maybe) in won.iter().zip(maybe) {
+            if maybe {
+                decisions[i] = Decision::Check;
+            } else {
+                negatives += 1;
+            }
+        }
+        self.stats.duplicates_in_memory.fetch_add(in_memory, Relaxed);
+        self.stats.filter_negatives.fetch_add(negatives, Relaxed);
+        (decisions, twins)
+    }
+
+    /// Resolve every `Check` with one read transaction on a blocking thread.
+    async fn check_on_disk(&self, keys: &[EventKey], decisions: &mut [Decision]) -> Result<(), IngestError> {
+        let to_check: Vec<usize> = (0..keys.len()).filter(|&i| decisions[i] == Decision::Check).collect();
+        if to_check.is_empty() {
+            return Ok(());
+        }
+        let lookup: Vec<EventKey> = to_check.iter().map(|&i| keys[i].clone()).collect();
+        let store = self.store.clone();
+        let found = tokio::task::spawn_blocking(move || store.contains(&lookup)).await??;
+        let mut on_disk = 0;
+        for (&i, found) in to_check.iter().zip(found) {
+            decisions[i] = if found { Decision::Duplicate } else { Decision::New };
+            on_disk += u64::from(found);
+        }
+        self.stats.duplicates_on_disk.fetch_add(on_disk, Relaxed);
+        self.stats.filter_false_positives.fetch_add(to_check.len() as u64 - on_disk, Relaxed);
+        Ok(())
+    }
+
+    /// Durable: wait for this request's commit (the writer holds it until every twin
+    /// is settled). Buffered: wait until every twin is at least queued.
+    async fn await_ack(
+        &self,
+        ticket: &Ticket,
+        twins: &[Arc<Ticket>],
+        ack: AckMode,
+    ) -> Result<(), FailReason> {
+        let own = match ack {
+            AckMode::Durable => ticket.wait(true).await,
+            AckMode::Buffered => {
+                for twin in twins {
+                    if let Progress::Failed(_) = twin.wait(false).await {
+                        return Err(FailReason::TwinFailed);
+                    }
+                }
+                ticket.progress()
+            }
+        };
+        match own {
+            Progress::Failed(reason) => Err(reason),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn new_record(key: &EventKey, event: &Event, received_at_us: i64) -> NewRecord {
+    let bytes = codec::encode(&codec::Record {
+        topic: &event.topic,
+        event_id: &event.event_id,
+        timestamp: &event.timestamp,
+        source: &event.source,
+        payload: &event.payload,
+        received_at_us,
+    });
+    NewRecord { key: key.clone(), bytes }
+}

@@ -1,0 +1,192 @@
+//! The bounded ring buffer between request handlers and the writer.
+//!
+//! Many producers (handlers, via [`IngestQueue::push`]), exactly one consumer (the
+//! writer thread, via [`IngestQueue::pop`] and [`IngestQueue::release`]). One item
+//! per request. Two bounds: ring slots (items) and an event budget (events
+//! queued or being written), so memory stays bounded whatever the batch sizes.
+//! The budget of an item is returned by the writer only when the item's outcome
+//! is final, so a slow or failing disk turns into backpressure, then 503.
+//!
+//! Closing: after [`IngestQueue::close`] every push fails with `Closed`; the writer
+//! drains what is left and exits. The shutdown sequence closes the queue only after
+//! the HTTP server has drained its handlers, so no push can race the close.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::Thread;
+use std::time::Duration;
+
+use crossbeam::queue::ArrayQueue;
+use tokio::sync::Notify;
+
+use crate::ack::FailReason;
+use crate::dedup::ClaimSet;
+use crate::event::EventKey;
+
+/// What a handler hands the writer: one request's decided events.
+pub struct Pending {
+    /// New events, in request order: key plus the encoded record.
+    pub records: Vec<NewRecord>,
+    /// Events of the request that were duplicates.
+    pub duplicates: u64,
+    /// Tickets of other in-flight requests whose keys this request's duplicates
+    /// repeat. The writer commits this item only in the same transaction as, or
+    /// after, each of them (see `writer`).
+    pub twins: Vec<std::sync::Arc<crate::ack::Ticket>>,
+    /// Every key this request claimed; owns the request's ticket.
+    pub claims: ClaimSet,
+    pub ack: AckMode,
+}
+
+impl Pending {
+    /// Budget units: one per event stored, and one for the item itself.
+    pub fn cost(&self) -> usize {
+        self.records.len() + 1
+    }
+}
+
+/// A new event on its way to disk.
+pub struct NewRecord {
+    pub key: EventKey,
+    /// `store::codec` bytes of the record.
+    pub bytes: Vec<u8>,
+}
+
+/// When a 200 is sent (CONTRACT.md "The meaning of a 200").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the events (or their earlier twins) are committed and fsynced.
+    Durable,
+    /// After the events are decided and queued.
+    Buffered,
+}
+
+/// What a handler does when the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Refuse at once (503).
+    Reject,
+    /// Wait up to this long for the writer to make room, then refuse.
+    Wait(Duration),
+}
+
+pub struct IngestQueue {
+    ring: ArrayQueue<Pending>,
+    /// Budget units held by items queued or being written. Writer releases.
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+    closed: AtomicBool,
+    /// Notified by the writer whenever it releases budget; handlers waiting for room
+    /// listen. Dropping the queue drops waiters' futures, never signals them.
+    room: Notify,
+    /// The writer thread, unparked after each push so an idle writer starts at once.
+    writer: OnceLock<Thread>,
+}
+
+impl IngestQueue {
+    pub fn new(slots: usize, max_events: usize) -> Self {
+        IngestQueue {
+            ring: ArrayQueue::new(slots.max(1)),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: max_events.max(1),
+            closed: AtomicBool::new(false),
+            room: Notify::new(),
+            writer: OnceLock::new(),
+        }
+    }
+
+    /// Called once by the writer thread as it starts.
+    pub fn register_writer(&self, thread: Thread) {
+        let _ = self.writer.set(thread);
+    }
+
+    /// Push one request's item, waiting for room as `when_full` says. On refusal
+    /// the item is dropped, which releases its claims.
+    pub async fn push(&self, item: Pending, when_full: WhenFull) -> Result<(), FailReason> {
+        let deadline = match when_full {
+            WhenFull::Reject => None,
+            WhenFull::Wait(d) => Some(tokio::time::Instant::now() + d),
+        };
+        let mut item = item;
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            item = match self.try_push(item) {
+                Ok(()) => return Ok(()),
+                Err((item, FailReason::QueueFull)) => item,
+                Err((item, reason)) => return Err(fail(item, reason)),
+            };
+            let Some(deadline) = deadline else {
+                return Err(fail(item, FailReason::QueueFull));
+            };
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(fail(item, FailReason::QueueFull));
+            }
+        }
+    }
+
+    fn try_push(&self, item: Pending) -> Result<(), (Pending, FailReason)> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err((item, FailReason::ShuttingDown));
+        }
+        let cost = item.cost();
+        let reserved = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            // An item larger than the whole budget still goes through on an empty queue.
+            (held == 0 || held + cost <= self.max_in_flight).then_some(held + cost)
+        });
+        if reserved.is_err() {
+            return Err((item, FailReason::QueueFull));
+        }
+        match self.ring.push(item) {
+            Ok(()) => {
+                if let Some(w) = self.writer.get() {
+                    w.unpark();
+                }
+                Ok(())
+            }
+            Err(item) => {
+                self.in_flight.fetch_sub(cost, Ordering::AcqRel);
+                Err((item, FailReason::QueueFull))
+            }
+        }
+    }
+
+    /// Writer only.
+    pub fn pop(&self) -> Option<Pending> {
+        self.ring.pop()
+    }
+
+    /// Writer only: an item's outcome is final; give back its budget.
+    pub fn release(&self, cost: usize) {
+        self.in_flight.fetch_sub(cost, Ordering::AcqRel);
+        self.room.notify_waiters();
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        if let Some(w) = self.writer.get() {
+            w.unpark();
+        }
+    }
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+    /// Requests in the ring buffer.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+    /// Budget units held (queued or being written).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+fn fail(item: Pending, reason: FailReason) -> FailReason {
+    item.claims.fail(reason);
+    reason
+}

@@ -1,0 +1,379 @@
+//! Durable storage on redb: open and recover, append one batch per write
+//! transaction, exact key lookups, paginated range reads, and the key scan that
+//! rebuilds the Bloom filter at startup.
+//!
+//! Callers: the writer thread (the only caller of [`Store::append`]) and read
+//! paths on `spawn_blocking` threads. redb is MVCC: reads never block the writer.
+//! Promise: when `append` returns `Ok`, the batch's events, index entries and
+//! counters are committed together and fsynced; on `Err` none of them are.
+
+pub mod codec;
+pub mod schema;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use crate::event::{EventKey, Seq};
+use schema::{EVENTS, KEY_INDEX, META, TOPIC_EVENTS, TOPICS, meta};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the database: {0}")]
+    Open(#[from] redb::DatabaseError),
+    #[error(transparent)]
+    Transaction(#[from] redb::TransactionError),
+    #[error(transparent)]
+    Table(#[from] redb::TableError),
+    #[error(transparent)]
+    Storage(#[from] redb::StorageError),
+    #[error("commit failed: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("corrupt record: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("database schema version {found} is not supported (expected {expected})")]
+    Schema { found: u64, expected: u64 },
+    #[error("commit failed: injected fault")]
+    Injected,
+}
+
+/// Where the next batch goes; owned by the writer, recovered at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Head {
+    pub next_seq: u64,
+    pub next_topic_id: u32,
+    pub unique: u64,
+    pub duplicates: u64,
+}
+
+/// What `open` found on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered {
+    pub key_hash_seed: u64,
+    pub head: Head,
+    pub stored_keys: u64,
+}
+
+/// One new event for `append`.
+pub struct Row<'a> {
+    pub key: &'a EventKey,
+    pub bytes: &'a [u8],
+}
+
+/// A page of `GET /events`.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// `(seq, codec bytes)` in ascending `seq`.
+    pub rows: Vec<(Seq, Vec<u8>)>,
+    /// Cursor for the next page; `None` on the last page.
+    pub next_after: Option<Seq>,
+}
+
+/// Fault injection for tests of the failure paths (commit errors, slow disks).
+/// Inert unless set: one relaxed load per commit.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Fail this many upcoming commits.
+    pub fail_commits: AtomicU32,
+    /// Sleep this long before each commit.
+    pub commit_delay_ms: AtomicU64,
+}
+
+pub struct Store {
+    db: Database,
+    pub faults: Faults,
+}
+
+impl Store {
+    /// Open or create the database at `path` (parent directories included) and
+    /// read back where the previous run stopped.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<(Store, Recovered), StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
+        }
+        let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+        let store = Store { db, faults: Faults::default() };
+        let recovered = store.init()?;
+        Ok((store, recovered))
+    }
+
+    /// Create missing tables, fix the hash seed on first open, read the head.
+    fn init(&self) -> Result<Recovered, StoreError> {
+        let txn = self.db.begin_write()?;
+        let recovered = {
+            let mut meta_table = txn.open_table(META)?;
+            let version = get_or_insert(&mut meta_table, meta::SCHEMA_VERSION, || schema::SCHEMA_VERSION)?;
+            if version != schema::SCHEMA_VERSION {
+                return Err(StoreError::Schema { found: version, expected: schema::SCHEMA_VERSION });
+            }
+            let key_hash_seed = get_or_insert(&mut meta_table, meta::KEY_HASH_SEED, random_seed)?;
+            let read = |name| -> Result<u64, StoreError> {
+                Ok(meta_table.get(name)?.map(|v| v.value()).unwrap_or(0))
+            };
+            let head = Head {
+                next_seq: read(meta::NEXT_SEQ)?.max(1),
+                next_topic_id: u32::try_from(txn.open_table(TOPICS)?.len()?).unwrap_or(u32::MAX),
+                unique: read(meta::UNIQUE)?,
+                duplicates: read(meta::DUPLICATES)?,
+            };
+            txn.open_table(EVENTS)?;
+            txn.open_table(TOPIC_EVENTS)?;
+            let stored_keys = txn.open_table(KEY_INDEX)?.len()?;
+            Recovered { key_hash_seed, head, stored_keys }
+        };
+        txn.commit()?;
+        Ok(recovered)
+    }
+
+    /// Call `f` with the hash of every stored key (startup filter rebuild).
+    pub fn for_each_key_hash(&self, f: &mut dyn FnMut(u64)) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(KEY_INDEX)?;
+        let mut n = 0;
+        for entry in table.iter()? {
+            let (key, _) = entry?;
+            f(key.value().0);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Exact membership of each key, checked against the stored records.
+    pub fn contains(&self, keys: &[EventKey]) -> Result<Vec<bool>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(KEY_INDEX)?;
+        let events = txn.open_table(EVENTS)?;
+        keys.iter()
+            .map(|key| {
+                for entry in index.range((key.hash(), 0)..=(key.hash(), u64::MAX))? {
+                    let seq = entry?.0.value().1;
+                    if let Some(bytes) = events.get(seq)? {
+                        let record = codec::decode(bytes.value())?;
+                        if record.topic == key.topic() && record.event_id == key.event_id() {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            })
+            .collect()
+    }
+
+    /// Append new events (in order) and count `duplicates`, in one transaction.
+    /// `head` advances only if the commit succeeds.
+    pub fn append<'a>(
+        &self,
+        head: &mut Head,
+        rows: impl Iterator<Item = Row<'a>>,
+        duplicates: u64,
+    ) -> Result<(), StoreError> {
+        let mut next = *head;
+        let txn = self.db.begin_write()?;
+        {
+            let mut events = txn.open_table(EVENTS)?;
+            let mut topic_events = txn.open_table(TOPIC_EVENTS)?;
+            let mut topics = txn.open_table(TOPICS)?;
+            let mut index_entries = Vec::new();
+            // topic -> (id, events added in this batch)
+            let mut batch_topics: HashMap<&str, (u32, u64)> = HashMap::new();
+            for row in rows {
+                let seq = next.next_seq;
+                next.next_seq += 1;
+                events.insert(seq, row.bytes)?;
+                let topic = row.key.topic();
+                let id = match batch_topics.get_mut(topic) {
+                    Some((id, n)) => {
+                        *n += 1;
+                        *id
+                    }
+                    None => {
+                        let id = match topics.get(topic)? {
+                            Some(v) => v.value().0,
+                            None => {
+                                next.next_topic_id += 1;
+                                next.next_topic_id - 1
+                            }
+                        };
+                        batch_topics.insert(topic, (id, 1));
+                        id
+                    }
+                };
+                topic_events.insert((id, seq), ())?;
+                index_entries.push((row.key.hash(), seq));
+            }
+            // The one random-order table: sorted inserts touch each leaf once.
+            index_entries.sort_unstable();
+            let mut index = txn.open_table(KEY_INDEX)?;
+            for entry in index_entries.iter() {
+                index.insert(entry, ())?;
+            }
+            for (topic, (id, added)) in batch_topics {
+                let stored = topics.get(topic)?.map(|v| v.value().1).unwrap_or(0);
+                topics.insert(topic, (id, stored + added))?;
+            }
+            next.unique += index_entries.len() as u64;
+            next.duplicates += duplicates;
+            let mut meta_table = txn.open_table(META)?;
+            meta_table.insert(meta::NEXT_SEQ, next.next_seq)?;
+            meta_table.insert(meta::UNIQUE, next.unique)?;
+            meta_table.insert(meta::DUPLICATES, next.duplicates)?;
+        }
+        self.apply_faults()?;
+        txn.commit()?;
+        *head = next;
+        Ok(())
+    }
+
+    fn apply_faults(&self) -> Result<(), StoreError> {
+        let delay = self.faults.commit_delay_ms.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        let failing =
+            self.faults.fail_commits.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if failing.is_ok() { Err(StoreError::Injected) } else { Ok(()) }
+    }
+
+    /// Up to `limit` events after `after`, of one topic or of all, in `seq` order.
+    pub fn read_page(&self, topic: Option<&str>, after: Seq, limit: usize) -> Result<Page, StoreError> {
+        let txn = self.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let Some(first) = after.0.checked_add(1) else {
+            return Ok(Page::default());
+        };
+        let mut rows = Vec::with_capacity(limit.min(1024) + 1);
+        match topic {
+            None => {
+                for entry in events.range(first..)?.take(limit + 1) {
+                    let (seq, bytes) = entry?;
+                    rows.push((Seq(seq.value()), bytes.value().to_vec()));
+                }
+            }
+            Some(topic) => {
+                let Some(id) = txn.open_table(TOPICS)?.get(topic)?.map(|v| v.value().0) else {
+                    return Ok(Page::default());
+                };
+                let order = txn.open_table(TOPIC_EVENTS)?;
+                for entry in order.range((id, first)..=(id, u64::MAX))?.take(limit + 1) {
+                    let seq = entry?.0.value().1;
+                    if let Some(bytes) = events.get(seq)? {
+                        rows.push((Seq(seq), bytes.value().to_vec()));
+                    }
+                }
+            }
+        }
+        let next_after = if rows.len() > limit {
+            rows.truncate(limit);
+            rows.last().map(|(seq, _)| *seq)
+        } else {
+            None
+        };
+        Ok(Page { rows, next_after })
+    }
+
+    /// Topics with stored events, sorted.
+    pub fn topics(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TOPICS)?;
+        table.iter()?.map(|e| Ok(e?.0.value().to_owned())).collect()
+    }
+}
+
+fn get_or_insert(
+    table: &mut redb::Table<'_, &str, u64>,
+    name: &str,
+    init: impl FnOnce() -> u64,
+) -> Result<u64, StoreError> {
+    if let Some(v) = table.get(name)? {
+        return Ok(v.value());
+    }
+    let v = init();
+    table.insert(name, v)?;
+    Ok(v)
+}
+
+/// 64 random bits from the OS-seeded std hasher (no extra dependency needed).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::KeyHasher;
+
+    fn record_bytes(key: &EventKey) -> Vec<u8> {
+        codec::encode(&codec::Record {
+            topic: key.topic(),
+            event_id: key.event_id(),
+            timestamp: "2026-11-21T00:00:00Z",
+            source: "",
+            payload: "{}",
+            received_at_us: 0,
+        })
+    }
+
+    fn append(store: &Store, head: &mut Head, keys: &[EventKey]) -> Result<(), StoreError> {
+        let bytes: Vec<_> = keys.iter().map(record_bytes).collect();
+        let rows = keys.iter().zip(&bytes).map(|(key, b)| Row { key, bytes: b });
+        store.append(head, rows, 0)
+    }
+
+    #[test]
+    fn append_read_contains_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/db.redb");
+        let (store, rec) = Store::open(&path, 1 << 20).unwrap();
+        let h = KeyHasher::new(rec.key_hash_seed);
+        let keys: Vec<_> = (0..5).map(|i| EventKey::new(h, ["a", "b"][i % 2], i.to_string())).collect();
+        let mut head = rec.head;
+        append(&store, &mut head, &keys).unwrap();
+        assert_eq!((head.next_seq, head.unique, head.next_topic_id), (6, 5, 2));
+
+        let absent = EventKey::new(h, "a", "1"); // id 1 was stored under "b"
+        assert_eq!(store.contains(&[keys[1].clone(), absent]).unwrap(), vec![true, false]);
+
+        let page = store.read_page(Some("a"), Seq(0), 2).unwrap();
+        let seqs: Vec<_> = page.rows.iter().map(|r| r.0.0).collect();
+        assert_eq!((seqs, page.next_after), (vec![1, 3], Some(Seq(3))));
+        let last = store.read_page(Some("a"), Seq(3), 2).unwrap();
+        assert_eq!((last.rows.len(), last.next_after), (1, None));
+        assert_eq!(store.read_page(None, Seq(0), 10).unwrap().rows.len(), 5);
+        assert_eq!(store.topics().unwrap(), vec!["a", "b"]);
+        drop(store);
+
+        let (store, again) = Store::open(&path, 1 << 20).unwrap();
+        assert_eq!((again.head, again.stored_keys, again.key_hash_seed), (head, 5, rec.key_hash_seed));
+        let mut hashes = Vec::new();
+        store.for_each_key_hash(&mut |hash| hashes.push(hash)).unwrap();
+        hashes.sort_unstable();
+        let mut expected: Vec<_> = keys.iter().map(EventKey::hash).collect();
+        expected.sort_unstable();
+        assert_eq!(hashes, expected);
+    }
+
+    #[test]
+    fn failed_commit_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let key = EventKey::new(KeyHasher::new(rec.key_hash_seed), "t", "1");
+        let mut head = rec.head;
+        store.faults.fail_commits.store(1, Ordering::Relaxed);
+        assert!(matches!(append(&store, &mut head, std::slice::from_ref(&key)), Err(StoreError::Injected)));
+        assert_eq!(head, rec.head);
+        assert_eq!(store.contains(std::slice::from_ref(&key)).unwrap(), vec![false]);
+        append(&store, &mut head, std::slice::from_ref(&key)).unwrap();
+        assert_eq!(store.contains(&[key]).unwrap(), vec![true]);
+    }
+}

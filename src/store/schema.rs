@@ -1,0 +1,36 @@
+//! The redb tables. Layout chosen for write speed (see docs/design.md, "Table layout"):
+//! every table but `KEY_INDEX` is appended to in key order; the one random-order
+//! table has small fixed-width keys, and each batch inserts into it in sorted order.
+
+use redb::TableDefinition;
+
+/// `seq -> record` (bincode, `codec::Record`). Append-only, in arrival order.
+pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// `(topic_id, seq) -> ()`. Per-topic arrival order, for `GET /events?topic=`.
+pub const TOPIC_EVENTS: TableDefinition<(u32, u64), ()> = TableDefinition::new("topic_events");
+
+/// `(key_hash, seq) -> ()`. The dedup index. A hash collision simply yields two
+/// entries under one hash; lookups compare the exact key against each record.
+pub const KEY_INDEX: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index");
+
+/// `topic -> (topic_id, stored_events)`.
+pub const TOPICS: TableDefinition<&str, (u32, u64)> = TableDefinition::new("topics");
+
+/// Counters and settings, see the `meta` constants.
+pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub mod meta {
+    /// Layout version of this file.
+    pub const SCHEMA_VERSION: &str = "schema_version";
+    /// Seed of `event::KeyHasher`; fixed when the database is created.
+    pub const KEY_HASH_SEED: &str = "key_hash_seed";
+    /// Next `seq` to assign.
+    pub const NEXT_SEQ: &str = "next_seq";
+    /// Persisted `unique_processed` (equals the number of stored events).
+    pub const UNIQUE: &str = "unique_processed";
+    /// Persisted `duplicate_dropped`.
+    pub const DUPLICATES: &str = "duplicate_dropped";
+}
+
+pub const SCHEMA_VERSION: u64 = 1;

@@ -1,0 +1,250 @@
+//! The writer: one dedicated OS thread, the only consumer of the queue and the
+//! only caller of `Store::append`. redb allows one write transaction at a time
+//! and commits block on fsync, so this work never runs on the async executor.
+//!
+//! Each round it drains up to `max_batch_events` into one batch, writes the batch
+//! in ONE transaction, commits, and only then settles the batch's requests (group
+//! commit). Promises:
+//! - **Ack after commit.** A ticket becomes `Committed` only after the commit that
+//!   holds its events and counters returned `Ok`, and after the filter bits of
+//!   those events are set (the dedup "coverage" invariant).
+//! - **Shared fate with twins.** An item with a duplicate of another in-flight
+//!   request's key is written only in the same transaction as that request, or
+//!   after it committed. If the twin fails, so does the item. Until then the item
+//!   is held (no thread ever blocks on it), so a 200 for a duplicate always means
+//!   its earlier twin is on disk.
+//! - **Failure.** If a commit fails, nothing of the batch is stored; durable items
+//!   are failed (claims released, 503), buffered items, already acknowledged, are
+//!   retried with backoff.
+//! - **Shutdown.** After the queue is closed the writer drains it completely, then
+//!   exits; joining its handle is the last step before the database is dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::ack::{FailReason, Progress, Ticket};
+use crate::dedup::Deduper;
+use crate::event::EventKey;
+use crate::queue::{AckMode, IngestQueue, Pending};
+use crate::stats::Stats;
+use crate::store::{Head, Row, Store};
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Longest idle sleep between checks of the queue; pushes wake the writer early.
+    pub flush_interval: Duration,
+    /// Most events in one transaction.
+    pub max_batch_events: usize,
+}
+
+pub struct Writer {
+    store: Arc<Store>,
+    dedup: Arc<Deduper>,
+    queue: Arc<IngestQueue>,
+    stats: Arc<Stats>,
+    config: WriterConfig,
+    head: Head,
+    /// Items carried to the next round: waiting for a twin, or buffered items
+    /// whose commit failed. Written before anything newly drained.
+    held: Vec<Pending>,
+    /// Committed keys, oldest first, for recent-map eviction.
+    eviction_order: VecDeque<EventKey>,
+    failures_in_a_row: u32,
+}
+
+/// What a round does with one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Write,
+    Hold,
+    Fail(FailReason),
+}
+
+impl Writer {
+    pub fn new(
+        store: Arc<Store>,
+        dedup: Arc<Deduper>,
+        queue: Arc<IngestQueue>,
+        stats: Arc<Stats>,
+        config: WriterConfig,
+        head: Head,
+    ) -> Self {
+        Writer {
+            store,
+            dedup,
+            queue,
+            stats,
+            config,
+            head,
+            held: Vec::new(),
+            eviction_order: VecDeque::new(),
+            failures_in_a_row: 0,
+        }
+    }
+
+    /// Start the writer thread. `writer_running` is true from here until it exits.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        self.stats.writer_running.store(true, Relaxed);
+        thread::Builder::new().name("writer".into()).spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        let stats = self.stats.clone();
+        let _running = RunningFlag(&stats);
+        self.queue.register_writer(thread::current());
+        loop {
+            let batch = self.collect();
+            if batch.is_empty() {
+                if self.queue.is_closed() && self.queue.is_empty() {
+                    break;
+                }
+                thread::park_timeout(self.config.flush_interval);
+                continue;
+            }
+            if !self.flush_once(batch) {
+                thread::park_timeout(self.config.flush_interval);
+            }
+        }
+        tracing::info!(next_seq = self.head.next_seq, "writer drained the queue and stopped");
+    }
+
+    /// Held items first, then newly queued ones, up to the batch size.
+    fn collect(&mut self) -> Vec<Pending> {
+        let mut batch = std::mem::take(&mut self.held);
+        let mut events: usize = batch.iter().map(|p| p.records.len()).sum();
+        while events < self.config.max_batch_events {
+            let Some(item) = self.queue.pop() else { break };
+            events += item.records.len();
+            batch.push(item);
+        }
+        batch
+    }
+
+    /// Write one batch. Returns whether any item reached a final outcome.
+    pub fn flush_once(&mut self, batch: Vec<Pending>) -> bool {
+        let verdicts = plan(&batch, self.queue.is_closed());
+        let mut to_write = Vec::with_capacity(batch.len());
+        let mut released = 0;
+        for (item, verdict) in batch.into_iter().zip(verdicts) {
+            match verdict {
+                Verdict::Write => to_write.push(item),
+                Verdict::Hold => self.held.push(item),
+                Verdict::Fail(reason) => released += self.fail(item, reason),
+            }
+        }
+        let settled = released > 0 || !to_write.is_empty();
+        if !to_write.is_empty() {
+            released += self.commit(to_write);
+        }
+        if released > 0 {
+            self.queue.release(released);
+        }
+        settled
+    }
+
+    /// Append and commit; settle every item. Returns the budget released.
+    fn commit(&mut self, items: Vec<Pending>) -> usize {
+        let rows = items.iter().flat_map(|p| p.records.iter()).map(|r| Row { key: &r.key, bytes: &r.bytes });
+        let duplicates: u64 = items.iter().map(|p| p.duplicates).sum();
+        let started = Instant::now();
+        let unique_before = self.head.unique;
+        if let Err(error) = self.store.append(&mut self.head, rows, duplicates) {
+            return self.commit_failed(items, &error);
+        }
+        let commit_us = started.elapsed().as_micros() as u64;
+        self.failures_in_a_row = 0;
+        self.dedup.add_to_filter(items.iter().flat_map(|p| p.records.iter().map(|r| &r.key)));
+        let mut released = 0;
+        for item in items {
+            released += item.cost();
+            self.eviction_order.extend(item.claims.commit());
+        }
+        self.stats.batch_committed(self.head.unique - unique_before, duplicates, commit_us);
+        self.dedup.evict(&mut self.eviction_order);
+        released
+    }
+
+    fn commit_failed(&mut self, items: Vec<Pending>, error: &crate::store::StoreError) -> usize {
+        self.failures_in_a_row += 1;
+        self.stats.writer_commit_failures.fetch_add(1, Relaxed);
+        tracing::error!(%error, items = items.len(), "commit failed; durable requests get 503");
+        let mut released = 0;
+        for item in items {
+            if item.ack == AckMode::Buffered && !self.queue.is_closed() {
+                self.held.push(item);
+            } else {
+                released += self.fail(item, FailReason::Storage);
+            }
+        }
+        if !self.held.is_empty() {
+            let backoff = 10u64 << self.failures_in_a_row.min(7);
+            thread::sleep(Duration::from_millis(backoff));
+        }
+        released
+    }
+
+    fn fail(&self, item: Pending, reason: FailReason) -> usize {
+        if item.ack == AckMode::Buffered && item.claims.ticket().progress() != Progress::Claimed {
+            tracing::warn!(%reason, events = item.records.len(), "a buffered acknowledgement could not be kept");
+        }
+        let cost = item.cost();
+        item.claims.fail(reason);
+        cost
+    }
+}
+
+/// Decide each item of a batch from its twins' states. Greatest fixpoint: an item
+/// is written unless a twin failed (fail too) or a twin is neither committed nor
+/// written in this same transaction (hold). Cycles of twins inside one batch
+/// share one transaction, so they are written together.
+fn plan(batch: &[Pending], closing: bool) -> Vec<Verdict> {
+    let mut verdicts = vec![Verdict::Write; batch.len()];
+    if batch.iter().all(|p| p.twins.is_empty()) {
+        return verdicts;
+    }
+    let position: HashMap<*const Ticket, usize> =
+        batch.iter().enumerate().map(|(i, p)| (Arc::as_ptr(p.claims.ticket()), i)).collect();
+    let twin_verdict = |verdicts: &[Verdict], twin: &Arc<Ticket>| match twin.progress() {
+        Progress::Committed => Verdict::Write,
+        Progress::Failed(_) => Verdict::Fail(FailReason::TwinFailed),
+        Progress::Claimed | Progress::Queued => match position.get(&Arc::as_ptr(twin)) {
+            Some(&j) => match verdicts[j] {
+                Verdict::Fail(_) => Verdict::Fail(FailReason::TwinFailed),
+                v => v,
+            },
+            // Once closing, every handler has finished: a twin outside the queue
+            // can no longer arrive.
+            None if closing => Verdict::Fail(FailReason::ShuttingDown),
+            None => Verdict::Hold,
+        },
+    };
+    loop {
+        let mut changed = false;
+        for i in 0..batch.len() {
+            if verdicts[i] != Verdict::Write {
+                continue;
+            }
+            let worst =
+                batch[i].twins.iter().map(|t| twin_verdict(&verdicts, t)).find(|v| *v != Verdict::Write);
+            if let Some(v) = worst {
+                verdicts[i] = v;
+                changed = true;
+            }
+        }
+        if !changed {
+            return verdicts;
+        }
+    }
+}
+
+/// Clears `writer_running` when the writer thread ends, panics included.
+struct RunningFlag<'a>(&'a Stats);
+
+impl Drop for RunningFlag<'_> {
+    fn drop(&mut self) {
+        self.0.writer_running.store(false, Relaxed);
+    }
+}
