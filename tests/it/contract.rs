@@ -1,0 +1,299 @@
+//! The HTTP contract (shared/CONTRACT.md), one behaviour per test.
+
+use std::io::Write;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, counts, data_dir, event, test_config};
+
+async fn app() -> (TestApp, tempfile::TempDir) {
+    let dir = data_dir();
+    (TestApp::spawn(dir.path()).await, dir)
+}
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(counts(&app.stats().await), (0, 0, 0));
+    assert!(app.all_events(None).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_event_is_accepted_and_readable() {
+    let (app, _dir) = app().await;
+    let (status, body) = app.publish(&event("sensor.room1.temp", "e-1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"status": "accepted", "received": 1, "accepted": 1, "stored": 1, "duplicates": 0,
+               "duplicate_indices": []})
+    );
+    let events = app.all_events(Some("sensor.room1.temp")).await;
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!((e["event_id"].as_str(), e["source"].as_str()), (Some("e-1"), Some("test")));
+    assert_eq!(e["timestamp"], "2026-11-21T10:00:00Z");
+    assert_eq!(e["payload"], json!({"id": "e-1"}));
+    assert_eq!(e["seq"], 1);
+    assert!(e["received_at"].as_str().unwrap().ends_with('Z'));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn array_events_wrapper_and_ndjson_are_batches() {
+    let (app, _dir) = app().await;
+    let (status, body) = app.publish(&json!([event("t", "1"), event("t", "2")])).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(2)));
+    let (status, body) = app.publish(&json!({"events": [event("t", "3"), event("t", "1")]})).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(1)));
+    assert_eq!(body["duplicate_indices"], json!([1]));
+    let ndjson = format!("{}\n{}\n", event("t", "4"), event("t", "5"));
+    let (status, body) = app.publish_bytes(ndjson.into_bytes(), "application/x-ndjson", None).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(2)));
+    assert_eq!(app.all_events(Some("t")).await.len(), 5);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_and_zstd_bodies_are_accepted() {
+    let (app, _dir) = app().await;
+    let body = json!([event("z", "1"), event("z", "2")]).to_string();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).unwrap();
+    let (status, resp) = app.publish_bytes(gz.finish().unwrap(), "application/json", Some("gzip")).await;
+    assert_eq!((status, resp["stored"].as_u64()), (StatusCode::OK, Some(2)));
+    let body = json!([event("z", "3")]).to_string();
+    let zst = ruzstd::encoding::compress_to_vec(body.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest);
+    let (status, resp) = app.publish_bytes(zst, "application/json", Some("zstd")).await;
+    assert_eq!((status, resp["stored"].as_u64()), (StatusCode::OK, Some(1)));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_batch_is_ok_with_zeros() {
+    let (app, _dir) = app().await;
+    let (status, body) = app.publish(&json!([])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((body["received"].as_u64(), body["stored"].as_u64()), (Some(0), Some(0)));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_in_same_batch_is_stored_once() {
+    let (app, _dir) = app().await;
+    let (status, body) = app.publish(&json!([event("t", "a"), event("t", "b"), event("t", "a")])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((body["stored"].as_u64(), body["duplicates"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(body["duplicate_indices"], json!([2]));
+    assert_eq!(counts(&app.stats().await), (3, 2, 1));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_event_id_in_two_topics_is_two_events_and_case_matters() {
+    let (app, _dir) = app().await;
+    let (_, body) = app.publish(&json!([event("a", "x"), event("b", "x"), event("a", "X")])).await;
+    assert_eq!(body["stored"], 3);
+    assert_eq!(app.stats().await["topics"], json!(["a", "b"]));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_json_is_400_and_changes_nothing() {
+    let (app, _dir) = app().await;
+    let (status, body) = app.publish_bytes(b"{\"topic\": ".to_vec(), "application/json", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["detail"].as_str().unwrap().contains("not valid JSON"));
+    let ndjson = format!("{}\n{{broken\n", event("t", "1"));
+    let (status, body) = app.publish_bytes(ndjson.into_bytes(), "application/x-ndjson", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["detail"].as_str().unwrap().contains("line 2"), "{body}");
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_event_rejects_the_batch_naming_every_bad_index_and_field() {
+    let (app, _dir) = app().await;
+    let batch = json!([
+        event("ok", "1"),
+        {"topic": "", "event_id": "2"},
+        event("ok", "3"),
+        {"topic": "t", "event_id": "4", "timestamp": "not a time", "payload": [1, 2]},
+        "not an object",
+    ]);
+    let (status, body) = app.publish(&batch).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let errors: Vec<(u64, String)> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["field"].as_str().unwrap().to_owned()))
+        .collect();
+    let expected = [(1, "topic"), (3, "timestamp"), (3, "payload"), (4, "event")];
+    assert_eq!(errors, expected.map(|(i, f)| (i, f.to_owned())));
+    assert!(body["errors"][0]["reason"].as_str().unwrap().contains("empty"));
+    assert_nothing_stored(&app).await;
+    // The valid events of the refused batch were not claimed either.
+    let (_, body) = app.publish(&event("ok", "1")).await;
+    assert_eq!(body["stored"], 1);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_that_is_not_an_event_shape_is_422() {
+    let (app, _dir) = app().await;
+    for body in [json!(42), json!("x"), json!({"events": "nope"}), json!({"event_id": "1"})] {
+        let (status, resp) = app.publish(&body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body} -> {resp}");
+    }
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_answer_413_and_change_nothing() {
+    let dir = data_dir();
+    let config = event_aggregator::Config {
+        max_body_bytes: 4096,
+        max_batch_events: 3,
+        max_payload_bytes: 100,
+        ..test_config(dir.path())
+    };
+    let app = TestApp::spawn_with(config).await;
+    let big_payload = json!({"topic": "t", "event_id": "1", "payload": {"x": "y".repeat(200)}});
+    let (status, body) = app.publish(&json!([event("t", "0"), big_payload])).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        (body["errors"][0]["index"].as_u64(), body["errors"][0]["field"].as_str()),
+        (Some(1), Some("payload"))
+    );
+    let batch: Vec<Value> = (0..4).map(|i| event("t", &i.to_string())).collect();
+    assert_eq!(app.publish(&json!(batch)).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let huge = json!({"topic": "t", "event_id": "1", "source": "s".repeat(5000)});
+    assert_eq!(app.publish(&huge).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    // A zip bomb stops at the limit too.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b' '; 1 << 20]).unwrap();
+    let (status, _) = app.publish_bytes(gz.finish().unwrap(), "application/json", Some("gzip")).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let long_id = json!({"topic": "t", "event_id": "i".repeat(256)});
+    assert_eq!(app.publish(&long_id).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_media_is_415_and_wrong_method_405() {
+    let (app, _dir) = app().await;
+    let body = event("t", "1").to_string().into_bytes();
+    assert_eq!(
+        app.publish_bytes(body.clone(), "text/plain", None).await.0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let (status, resp) = app.publish_bytes(body, "application/json", Some("br")).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(resp["detail"].as_str().unwrap().contains("br"));
+    assert_eq!(app.get("/publish").await.0, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(app.get("/nowhere").await.0, StatusCode::NOT_FOUND);
+    assert_nothing_stored(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_paginate_in_arrival_order() {
+    let (app, _dir) = app().await;
+    for chunk in 0..5 {
+        let batch: Vec<Value> = (0..5).map(|i| event("p", &format!("{chunk}-{i}"))).collect();
+        app.publish(&json!(batch)).await;
+        app.publish(&event("other", &chunk.to_string())).await;
+    }
+    let mut after = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = app.get(&format!("/events?topic=p&limit=10&after={after}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(page["topic"], "p");
+        pages += 1;
+        let events = page["events"].as_array().unwrap();
+        assert_eq!(page["count"].as_u64(), Some(events.len() as u64));
+        seen.extend(events.iter().map(|e| e["seq"].as_u64().unwrap()));
+        match page["next_after"].as_u64() {
+            Some(next) => {
+                assert_eq!(Some(next), seen.last().copied());
+                after = next;
+            }
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen.len()), (3, 25));
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "ascending seq: {seen:?}");
+    assert_eq!(app.all_events(None).await.len(), 30);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_is_an_empty_page_and_bad_limits_are_422() {
+    let (app, _dir) = app().await;
+    let (status, page) = app.get("/events?topic=nobody").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page, json!({"topic": "nobody", "count": 0, "events": [], "next_after": null}));
+    for q in ["limit=0", "limit=10001", "limit=abc", "after=-1"] {
+        let (status, body) = app.get(&format!("/events?{q}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{q}: {body}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_and_timestamp_come_back_byte_for_byte() {
+    let (app, _dir) = app().await;
+    let payload = r#"{ "temperature" : 31.40, "tags":["a",  "é"], "nested": {"z": 1e3, "a": null} }"#;
+    let body = format!(
+        r#"[{{"topic":"raw","event_id":"1","timestamp":"2026-11-21T10:00:00.5+07:00","payload":{payload}}},
+            {{"topic":"raw","event_id":"2"}}]"#
+    );
+    let (status, _) = app.publish_bytes(body.into_bytes(), "application/json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = app.client.get(app.url("/events?topic=raw")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&format!(r#""payload":{payload}"#)), "{text}");
+    assert!(text.contains(r#""timestamp":"2026-11-21T10:00:00.5+07:00""#));
+    let events = app.all_events(Some("raw")).await;
+    assert_eq!(events[1]["payload"], json!({}));
+    assert!(events[1]["timestamp"].as_str().unwrap().starts_with("20"), "server time when absent");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_stats_report_the_contract_fields() {
+    let (app, _dir) = app().await;
+    let (status, health) = app.get("/health").await;
+    assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+    assert_eq!(health["consumer_running"], true);
+    app.publish(&json!([event("b", "1"), event("a", "1"), event("a", "1")])).await;
+    let stats = app.stats().await;
+    assert_eq!(counts(&stats), (3, 2, 1));
+    assert_eq!(stats["topics"], json!(["a", "b"]));
+    for field in ["uptime", "uptime_seconds", "queue_size", "consumer_running", "writer", "dedup"] {
+        assert!(!stats[field].is_null(), "{field} missing: {stats}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_ack_is_stored_within_the_flush_interval() {
+    let (app, _dir) = app().await;
+    let req = app.client.post(app.url("/publish?ack=buffered")).json(&event("buf", "1"));
+    let (status, body) = crate::helpers::json_response(req.send().await.unwrap()).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(1)));
+    let stored = crate::helpers::eventually(std::time::Duration::from_secs(5), async || {
+        app.all_events(Some("buf")).await.len() == 1
+    })
+    .await;
+    assert!(stored);
+    let (status, _) = app.get("/publish?ack=sometimes").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let req = app.client.post(app.url("/publish?ack=sometimes")).json(&event("buf", "2"));
+    assert_eq!(req.send().await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    app.shutdown().await;
+}

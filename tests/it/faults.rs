@@ -1,0 +1,123 @@
+//! Failure paths: commit failures, a duplicate whose twin fails, a full queue.
+//! A 503 always carries Retry-After, and nothing of a refused request is stored
+//! or counted.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, counts, data_dir, event, eventually, json_response, test_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_commit_is_503_with_retry_after_and_the_retry_succeeds() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    app.app.state.store.faults.fail_commits.store(1, Ordering::SeqCst);
+    let resp = app
+        .client
+        .post(app.url("/publish"))
+        .json(&json!([event("f", "1"), event("f", "2")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let (status, body) = json_response(resp).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(counts(&app.stats().await), (0, 0, 0));
+    assert!(app.all_events(None).await.is_empty());
+
+    let (status, body) = app.publish(&json!([event("f", "1"), event("f", "2")])).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(2)), "claims were released");
+    assert_eq!(app.stats().await["writer"]["commit_failures"], 1);
+    app.shutdown().await;
+}
+
+/// Invariant: a 200 for a duplicate means its earlier twin is durably stored. If
+/// the twin's commit fails, the duplicate gets 503 too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_of_a_pending_twin_shares_its_failed_commit() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    let faults = &app.app.state.store.faults;
+    faults.commit_delay_ms.store(300, Ordering::SeqCst);
+    faults.fail_commits.store(1, Ordering::SeqCst);
+    let first = {
+        let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
+        tokio::spawn(async move { json_response(req.send().await.unwrap()).await })
+    };
+    let state = app.app.state.clone();
+    assert!(eventually(Duration::from_secs(5), async || state.dedup.recent_len() == 1).await);
+    let (second_status, second) = app.publish(&event("twin", "k")).await;
+    let (first_status, _) = first.await.unwrap();
+    assert_eq!(first_status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second_status, StatusCode::SERVICE_UNAVAILABLE, "never a 200 for a lost twin: {second}");
+    assert_eq!(counts(&app.stats().await), (0, 0, 0));
+
+    faults.commit_delay_ms.store(0, Ordering::SeqCst);
+    let (status, body) = app.publish(&event("twin", "k")).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(1)));
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_of_a_pending_twin_waits_for_its_commit() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    app.app.state.store.faults.commit_delay_ms.store(200, Ordering::SeqCst);
+    let first = {
+        let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
+        tokio::spawn(async move { json_response(req.send().await.unwrap()).await })
+    };
+    let state = app.app.state.clone();
+    assert!(eventually(Duration::from_secs(5), async || state.dedup.recent_len() == 1).await);
+    let (status, body) = app.publish(&event("twin", "k")).await;
+    assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(1)));
+    // By the time the duplicate is acknowledged, the twin is readable.
+    assert_eq!(app.all_events(Some("twin")).await.len(), 1);
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_503_and_counts_stay_exact() {
+    let dir = data_dir();
+    let config = event_aggregator::Config {
+        queue_capacity_requests: 2,
+        enqueue_timeout_ms: 0,
+        ..test_config(dir.path())
+    };
+    let app = TestApp::spawn_with(config).await;
+    app.app.state.store.faults.commit_delay_ms.store(100, Ordering::SeqCst);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let req = app.client.post(app.url("/publish")).json(&event("full", &i.to_string()));
+            tokio::spawn(async move {
+                let resp = req.send().await.unwrap();
+                let retry_after = resp.headers().contains_key("retry-after");
+                (json_response(resp).await, retry_after)
+            })
+        })
+        .collect();
+    let mut acked = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let ((status, body), retry_after) = t.await.unwrap();
+        match status {
+            StatusCode::OK => acked += body["stored"].as_u64().unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry_after);
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "a 2-slot queue behind a slow disk must refuse some of 20 requests");
+    assert_eq!(acked + refused, 20);
+    let stats = app.stats().await;
+    assert_eq!(counts(&stats), (acked, acked, 0));
+    assert_eq!(app.all_events(Some("full")).await.len() as u64, acked);
+    assert!(stats["rejected_queue_full"].as_u64().unwrap() >= refused);
+    app.shutdown().await;
+}
