@@ -55,6 +55,17 @@ pub struct Writer {
     failures_in_a_row: u32,
 }
 
+/// What one round of the writer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing was queued or held.
+    Idle,
+    /// At least one item reached its final outcome.
+    Settled,
+    /// Only held items, all still waiting for their twins.
+    Waiting,
+}
+
 /// What a round does with one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -96,19 +107,23 @@ impl Writer {
         let _running = RunningFlag(&stats);
         self.queue.register_writer(thread::current());
         loop {
-            let batch = self.collect();
-            if batch.is_empty() {
-                if self.queue.is_closed() && self.queue.is_empty() {
-                    break;
-                }
-                thread::park_timeout(self.config.flush_interval);
-                continue;
-            }
-            if !self.flush_once(batch) {
-                thread::park_timeout(self.config.flush_interval);
+            match self.flush_once() {
+                Round::Settled => continue,
+                Round::Idle if self.queue.is_closed() && self.queue.is_empty() => break,
+                Round::Idle | Round::Waiting => thread::park_timeout(self.config.flush_interval),
             }
         }
         tracing::info!(next_seq = self.head.next_seq, "writer drained the queue and stopped");
+    }
+
+    /// One round: collect a batch and write it. Tests and benches step the writer
+    /// with this instead of running the thread.
+    pub fn flush_once(&mut self) -> Round {
+        let batch = self.collect();
+        if batch.is_empty() {
+            return Round::Idle;
+        }
+        if self.write_batch(batch) { Round::Settled } else { Round::Waiting }
     }
 
     /// Held items first, then newly queued ones, up to the batch size.
@@ -124,7 +139,7 @@ impl Writer {
     }
 
     /// Write one batch. Returns whether any item reached a final outcome.
-    pub fn flush_once(&mut self, batch: Vec<Pending>) -> bool {
+    fn write_batch(&mut self, batch: Vec<Pending>) -> bool {
         let verdicts = plan(&batch, self.queue.is_closed());
         let mut to_write = Vec::with_capacity(batch.len());
         let mut released = 0;
