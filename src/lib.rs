@@ -21,6 +21,7 @@
 //! - [`dedup`]: recent-key map and Bloom filter; [`ack`]: per-request tickets.
 //! - [`ingest`]: the publish path; [`queue`]: the ring buffer; [`writer`]: group commit.
 //! - [`store`]: redb tables, codec, reads; [`stats`]: counters.
+//! - [`publisher`]: the load simulator behind the `publisher` binary.
 
 pub mod ack;
 pub mod app;
@@ -30,6 +31,7 @@ pub mod dedup;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod publisher;
 pub mod queue;
 pub mod shutdown;
 pub mod stats;

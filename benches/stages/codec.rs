@@ -12,7 +12,8 @@ fn codec(c: &mut Criterion) {
     let mut group = c.benchmark_group("store::codec");
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode", |b| b.iter(|| fixtures::record(std::hint::black_box(&key))));
-    group.bench_function("decode", |b| b.iter(|| codec::decode(std::hint::black_box(&bytes)).expect("valid")));
+    group
+        .bench_function("decode", |b| b.iter(|| codec::decode(std::hint::black_box(&bytes)).expect("valid")));
     group.finish();
 }
 

@@ -18,7 +18,8 @@ const BATCH: usize = 1000;
 const RECENT: u64 = 100_000;
 
 fn prepared(filter_keys: u64) -> (Arc<Deduper>, Vec<EventKey>) {
-    let config = DedupConfig { recent_capacity: 1 << 20, filter_capacity: filter_keys as usize, filter_fp_rate: 0.01 };
+    let config =
+        DedupConfig { recent_capacity: 1 << 20, filter_capacity: filter_keys as usize, filter_fp_rate: 0.01 };
     let dedup = Arc::new(Deduper::new(config, 0));
     dedup
         .rebuild(|add| {
@@ -47,7 +48,10 @@ fn hot_path(c: &mut Criterion) {
         let (dedup, committed) = prepared(filter_keys);
         for dup_pct in [0usize, 20, 90] {
             let mut fresh = 1u64 << 40;
-            let id = BenchmarkId::new(format!("claim_filter_{}M", filter_keys / 1_000_000), format!("dup{dup_pct}"));
+            let id = BenchmarkId::new(
+                format!("claim_filter_{}M", filter_keys / 1_000_000),
+                format!("dup{dup_pct}"),
+            );
             group.bench_function(id, |b| {
                 b.iter_batched(
                     || {

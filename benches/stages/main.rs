@@ -9,4 +9,10 @@ mod fixtures;
 mod rebuild;
 mod writer;
 
-criterion::criterion_main!(dedup::benches, decode::benches, codec::benches, writer::benches, rebuild::benches);
+criterion::criterion_main!(
+    dedup::benches,
+    decode::benches,
+    codec::benches,
+    writer::benches,
+    rebuild::benches
+);

@@ -27,11 +27,13 @@ fn writer(c: &mut Criterion) {
     for (label, prefill) in [("empty", 0u64), ("1M", 1_000_000)] {
         let (_dir, store, recovered) = fixtures::filled_store(prefill);
         let hasher = KeyHasher::new(recovered.key_hash_seed);
-        let config = DedupConfig { recent_capacity: 100_000, filter_capacity: 10_000_000, filter_fp_rate: 0.01 };
+        let config =
+            DedupConfig { recent_capacity: 100_000, filter_capacity: 10_000_000, filter_fp_rate: 0.01 };
         let dedup = Arc::new(Deduper::new(config, prefill));
         let queue = Arc::new(IngestQueue::new(1024, 1 << 30));
         let stats = Arc::new(Stats::new(&recovered.head));
-        let writer_config = WriterConfig { flush_interval: Duration::from_millis(5), max_batch_events: 1 << 20 };
+        let writer_config =
+            WriterConfig { flush_interval: Duration::from_millis(5), max_batch_events: 1 << 20 };
         let mut writer =
             Writer::new(store.clone(), dedup.clone(), queue.clone(), stats, writer_config, recovered.head);
         let mut next = prefill;
@@ -40,7 +42,8 @@ fn writer(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(format!("writer_{label}"), size), |b| {
                 b.iter_batched(
                     || {
-                        let keys: Vec<EventKey> = (next..next + size).map(|n| fixtures::key(hasher, n)).collect();
+                        let keys: Vec<EventKey> =
+                            (next..next + size).map(|n| fixtures::key(hasher, n)).collect();
                         next += size;
                         let item = pending(&dedup, keys);
                         runtime.block_on(queue.push(item, WhenFull::Reject)).expect("room");
@@ -94,7 +97,8 @@ fn pending(dedup: &Arc<Deduper>, keys: Vec<EventKey>) -> Pending {
 
 fn raw_db(prefill: u64) -> (tempfile::TempDir, Database) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let db = Database::builder().set_cache_size(256 << 20).create(dir.path().join("raw.redb")).expect("create");
+    let db =
+        Database::builder().set_cache_size(256 << 20).create(dir.path().join("raw.redb")).expect("create");
     let hasher = KeyHasher::new(1);
     let mut seq = 1;
     while seq <= prefill {

@@ -5,5 +5,6 @@ mod contract;
 mod crash;
 mod faults;
 mod helpers;
+mod publisher;
 mod restart;
 mod stress;
