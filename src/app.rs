@@ -101,8 +101,9 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
 fn open_and_rebuild(config: &Config) -> Result<(Store, crate::store::Recovered, Deduper), StartError> {
     let path = config.db_path.display().to_string();
     let started = Instant::now();
-    let (store, recovered) = Store::open(&config.db_path, config.db_cache_bytes())
-        .map_err(|source| StartError::Store { path: path.clone(), source })?;
+    let (store, recovered) =
+        Store::open_with(&config.db_path, config.db_cache_bytes(), config.index_merge_keys)
+            .map_err(|source| StartError::Store { path: path.clone(), source })?;
     let opened_ms = started.elapsed().as_millis();
     let rebuild_started = Instant::now();
     let dedup = Deduper::new(config.dedup(), recovered.stored_keys);

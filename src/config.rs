@@ -89,6 +89,12 @@ pub struct Config {
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
 
+    /// New keys kept in the append-only key log before it is merged into the sorted
+    /// on-disk index (the merge is spread over 16 batches). Higher: cheaper writes,
+    /// more memory (about 20 bytes a key).
+    #[arg(long, env = "INDEX_MERGE_KEYS", default_value_t = 262_144)]
+    pub index_merge_keys: usize,
+
     /// redb page cache, in MiB.
     #[arg(long, env = "DB_CACHE_MB", default_value_t = 256)]
     pub db_cache_mb: usize,

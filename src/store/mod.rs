@@ -8,6 +8,7 @@
 //! counters are committed together and fsynced; on `Err` none of them are.
 
 pub mod codec;
+pub mod index;
 pub mod schema;
 
 use std::collections::HashMap;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use crate::event::{EventKey, Seq};
-use schema::{EVENTS, KEY_INDEX, META, TOPIC_EVENTS, TOPICS, meta};
+use index::KeyIndex;
+use schema::{EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_EVENTS, TOPICS, meta};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -86,20 +88,36 @@ pub struct Faults {
 
 pub struct Store {
     db: Database,
+    /// In-memory mirror of `KEY_LOG` and the merge in progress.
+    index: KeyIndex,
+    /// Merge the key log into `KEY_INDEX` once it holds this many pairs.
+    merge_threshold: usize,
     pub faults: Faults,
 }
+
+/// Default for `Store::open`'s `merge_threshold`.
+pub const DEFAULT_MERGE_THRESHOLD: usize = 1 << 18;
 
 impl Store {
     /// Open or create the database at `path` (parent directories included) and
     /// read back where the previous run stopped.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<(Store, Recovered), StoreError> {
+        Store::open_with(path, cache_bytes, DEFAULT_MERGE_THRESHOLD)
+    }
+
+    pub fn open_with(
+        path: &Path,
+        cache_bytes: usize,
+        merge_threshold: usize,
+    ) -> Result<(Store, Recovered), StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::DataDir { path: dir.display().to_string(), source })?;
         }
         let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
-        let store = Store { db, faults: Faults::default() };
-        let recovered = store.init()?;
+        let store = Store { db, index: KeyIndex::default(), merge_threshold, faults: Faults::default() };
+        let mut recovered = store.init()?;
+        recovered.stored_keys += store.load_key_log()?;
         Ok((store, recovered))
     }
 
@@ -124,6 +142,7 @@ impl Store {
             };
             txn.open_table(EVENTS)?;
             txn.open_table(TOPIC_EVENTS)?;
+            txn.open_table(KEY_LOG)?;
             let stored_keys = txn.open_table(KEY_INDEX)?.len()?;
             Recovered { key_hash_seed, head, stored_keys }
         };
@@ -131,33 +150,65 @@ impl Store {
         Ok(recovered)
     }
 
-    /// Call `f` with the hash of every stored key (startup filter rebuild).
+    /// Mirror the unmerged key log in memory (at open). Returns the pairs read.
+    fn load_key_log(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut n = 0;
+        for row in txn.open_table(KEY_LOG)?.iter()? {
+            let pairs: Vec<(u64, u64)> = index::decode_pairs(row?.1.value()).collect();
+            n += pairs.len() as u64;
+            self.index.add(&pairs);
+        }
+        Ok(n)
+    }
+
+    /// Call `f` with the hash of every stored key (startup filter rebuild). A key
+    /// caught mid-merge may be reported twice, which a filter does not mind.
     pub fn for_each_key_hash(&self, f: &mut dyn FnMut(u64)) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(KEY_INDEX)?;
         let mut n = 0;
-        for entry in table.iter()? {
-            let (key, _) = entry?;
-            f(key.value().0);
+        for entry in txn.open_table(KEY_INDEX)?.iter()? {
+            f(entry?.0.value().0);
             n += 1;
+        }
+        for row in txn.open_table(KEY_LOG)?.iter()? {
+            for (hash, _) in index::decode_pairs(row?.1.value()) {
+                f(hash);
+                n += 1;
+            }
         }
         Ok(n)
     }
 
     /// Exact membership of each key, checked against the stored records.
+    /// Candidates come from the unmerged log mirror and from `KEY_INDEX`; the mirror
+    /// is read before the read transaction begins (see `index`, "Findable").
     pub fn contains(&self, keys: &[EventKey]) -> Result<Vec<bool>, StoreError> {
+        let mut unmerged: Vec<Vec<u64>> = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut seqs = Vec::new();
+            self.index.unmerged(key.hash(), &mut seqs);
+            unmerged.push(seqs);
+        }
         let txn = self.db.begin_read()?;
         let index = txn.open_table(KEY_INDEX)?;
         let events = txn.open_table(EVENTS)?;
+        let is_key = |seq: u64, key: &EventKey| -> Result<bool, StoreError> {
+            let Some(bytes) = events.get(seq)? else { return Ok(false) };
+            let record = codec::decode(bytes.value())?;
+            Ok(record.topic == key.topic() && record.event_id == key.event_id())
+        };
         keys.iter()
-            .map(|key| {
+            .zip(unmerged)
+            .map(|(key, seqs)| {
+                for seq in seqs {
+                    if is_key(seq, key)? {
+                        return Ok(true);
+                    }
+                }
                 for entry in index.range((key.hash(), 0)..=(key.hash(), u64::MAX))? {
-                    let seq = entry?.0.value().1;
-                    if let Some(bytes) = events.get(seq)? {
-                        let record = codec::decode(bytes.value())?;
-                        if record.topic == key.topic() && record.event_id == key.event_id() {
-                            return Ok(true);
-                        }
+                    if is_key(entry?.0.value().1, key)? {
+                        return Ok(true);
                     }
                 }
                 Ok(false)
@@ -175,11 +226,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut next = *head;
         let txn = self.db.begin_write()?;
+        let merged_slice;
+        let mut index_entries = Vec::new();
         {
             let mut events = txn.open_table(EVENTS)?;
             let mut topic_events = txn.open_table(TOPIC_EVENTS)?;
             let mut topics = txn.open_table(TOPICS)?;
-            let mut index_entries = Vec::new();
             // topic -> (id, events added in this batch)
             let mut batch_topics: HashMap<&str, (u32, u64)> = HashMap::new();
             for row in rows {
@@ -207,12 +259,21 @@ impl Store {
                 topic_events.insert((id, seq), ())?;
                 index_entries.push((row.key.hash(), seq));
             }
-            // The one random-order table: sorted inserts touch each leaf once.
-            index_entries.sort_unstable();
-            let mut index = txn.open_table(KEY_INDEX)?;
-            for entry in index_entries.iter() {
-                index.insert(entry, ())?;
+            if let Some(&(_, first_seq)) = index_entries.first() {
+                txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&index_entries).as_slice())?;
             }
+            merged_slice = self.index.with_next_slice(|slice| -> Result<Option<u8>, StoreError> {
+                let Some(slice) = slice else { return Ok(None) };
+                // Sorted pairs: each leaf of the tree is touched once per slice.
+                let mut tree = txn.open_table(KEY_INDEX)?;
+                for pair in slice.pairs {
+                    tree.insert(pair, ())?;
+                }
+                if slice.last {
+                    txn.open_table(KEY_LOG)?.retain_in(..slice.snapshot_end_seq, |_, _| false)?;
+                }
+                Ok(Some(slice.id()))
+            })?;
             for (topic, (id, added)) in batch_topics {
                 let stored = topics.get(topic)?.map(|v| v.value().1).unwrap_or(0);
                 topics.insert(topic, (id, stored + added))?;
@@ -227,6 +288,11 @@ impl Store {
         self.apply_faults()?;
         txn.commit()?;
         *head = next;
+        self.index.add(&index_entries);
+        if let Some(slice) = merged_slice {
+            self.index.slice_committed(slice);
+        }
+        self.index.maybe_start_merge(self.merge_threshold, head.next_seq);
         Ok(())
     }
 
@@ -361,6 +427,43 @@ mod tests {
         let mut expected: Vec<_> = keys.iter().map(EventKey::hash).collect();
         expected.sort_unstable();
         assert_eq!(hashes, expected);
+    }
+
+    #[test]
+    fn keys_stay_findable_through_log_merges_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let (store, rec) = Store::open_with(&path, 1 << 20, 8).unwrap();
+        let h = KeyHasher::new(rec.key_hash_seed);
+        let mut head = rec.head;
+        let mut all = Vec::new();
+        for batch in 0..40 {
+            let keys: Vec<_> = (0..5).map(|i| EventKey::new(h, "t", format!("{batch}-{i}"))).collect();
+            append(&store, &mut head, &keys).unwrap();
+            all.extend(keys);
+            assert!(store.contains(&all).unwrap().iter().all(|found| *found), "after batch {batch}");
+            if batch == 21 {
+                // Reopen mid-merge: the log is reloaded and merged again.
+                drop(store);
+                let (again, rec) = Store::open_with(&path, 1 << 20, 8).unwrap();
+                assert_eq!(rec.head, head);
+                return keys_stay_findable_after_reopen(again, all, h, head);
+            }
+        }
+        unreachable!("returns at batch 21");
+    }
+
+    fn keys_stay_findable_after_reopen(store: Store, mut all: Vec<EventKey>, h: KeyHasher, mut head: Head) {
+        for batch in 100..140 {
+            let keys: Vec<_> = (0..5).map(|i| EventKey::new(h, "t", format!("{batch}-{i}"))).collect();
+            append(&store, &mut head, &keys).unwrap();
+            all.extend(keys);
+        }
+        assert!(store.contains(&all).unwrap().iter().all(|found| *found));
+        assert_eq!(store.contains(&[EventKey::new(h, "t", "absent")]).unwrap(), vec![false]);
+        let mut hashes = std::collections::HashSet::new();
+        store.for_each_key_hash(&mut |hash| drop(hashes.insert(hash))).unwrap();
+        assert!(all.iter().all(|k| hashes.contains(&k.hash())));
     }
 
     #[test]

@@ -10,9 +10,14 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// `(topic_id, seq) -> ()`. Per-topic arrival order, for `GET /events?topic=`.
 pub const TOPIC_EVENTS: TableDefinition<(u32, u64), ()> = TableDefinition::new("topic_events");
 
-/// `(key_hash, seq) -> ()`. The dedup index. A hash collision simply yields two
-/// entries under one hash; lookups compare the exact key against each record.
+/// `(key_hash, seq) -> ()`. The merged part of the dedup index (see `index`). A
+/// hash collision simply yields two entries under one hash; lookups compare the
+/// exact key against each record.
 pub const KEY_INDEX: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index");
+
+/// `first seq of a batch -> packed (key_hash, seq) pairs` of that batch's new keys:
+/// the not yet merged part of the dedup index, one append-ordered row per batch.
+pub const KEY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("key_log");
 
 /// `topic -> (topic_id, stored_events)`.
 pub const TOPICS: TableDefinition<&str, (u32, u64)> = TableDefinition::new("topics");

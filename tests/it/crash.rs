@@ -28,6 +28,8 @@ async fn start_server(dir: &Path) -> Server {
         .env("DB_PATH", dir.join("aggregator.redb"))
         .env("API_PORT", "0")
         .env("BLOOM_CAPACITY", "100000")
+        // Small, so kill -9 also lands in the middle of key-log merges.
+        .env("INDEX_MERGE_KEYS", "300")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())

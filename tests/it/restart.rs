@@ -8,7 +8,9 @@ use crate::helpers::{TestApp, counts, data_dir, event};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_events_counters_and_dedup() {
     let dir = data_dir();
-    let app = TestApp::spawn(dir.path()).await;
+    // A small merge threshold: part of the keys is merged into the index, part is in the log.
+    let config = event_aggregator::Config { index_merge_keys: 64, ..crate::helpers::test_config(dir.path()) };
+    let app = TestApp::spawn_with(config).await;
     let batch: Vec<Value> = (0..300).map(|i| event(&format!("r.{}", i % 3), &format!("e{i}"))).collect();
     let (status, body) = app.publish(&json!(batch)).await;
     assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(300)));
