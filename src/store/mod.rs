@@ -462,7 +462,11 @@ mod tests {
         assert!(store.contains(&all).unwrap().iter().all(|found| *found));
         assert_eq!(store.contains(&[EventKey::new(h, "t", "absent")]).unwrap(), vec![false]);
         let mut hashes = std::collections::HashSet::new();
-        store.for_each_key_hash(&mut |hash| drop(hashes.insert(hash))).unwrap();
+        store
+            .for_each_key_hash(&mut |hash| {
+                hashes.insert(hash);
+            })
+            .unwrap();
         assert!(all.iter().all(|k| hashes.contains(&k.hash())));
     }
 
