@@ -30,9 +30,24 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, bincode::error::DecodeError> {
     bincode::borrow_decode_from_slice(bytes, CONFIG).map(|(record, _)| record)
 }
 
+/// A run of seqs (a `TOPIC_EVENTS` value): little-endian u64s.
+pub fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
+    seqs.iter().flat_map(|s| s.to_le_bytes()).collect()
+}
+
+pub fn decode_seqs(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("chunks of 8")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_runs_round_trip() {
+        let seqs = [1, 7, u64::MAX];
+        assert_eq!(decode_seqs(&encode_seqs(&seqs)).collect::<Vec<_>>(), seqs);
+    }
 
     #[test]
     fn round_trip_keeps_every_byte() {

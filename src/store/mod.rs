@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::event::{EventKey, Seq};
 use index::KeyIndex;
@@ -216,8 +216,9 @@ impl Store {
             .collect()
     }
 
-    /// Append new events (in order) and count `duplicates`, in one transaction.
-    /// `head` advances only if the commit succeeds.
+    /// Append new events (in order) and count `duplicates`, in one transaction,
+    /// together with the next slice of a running key-log merge. `head` advances
+    /// only if the commit succeeds.
     pub fn append<'a>(
         &self,
         head: &mut Head,
@@ -226,74 +227,42 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut next = *head;
         let txn = self.db.begin_write()?;
-        let merged_slice;
-        let mut index_entries = Vec::new();
-        {
-            let mut events = txn.open_table(EVENTS)?;
-            let mut topic_events = txn.open_table(TOPIC_EVENTS)?;
-            let mut topics = txn.open_table(TOPICS)?;
-            // topic -> (id, events added in this batch)
-            let mut batch_topics: HashMap<&str, (u32, u64)> = HashMap::new();
-            for row in rows {
-                let seq = next.next_seq;
-                next.next_seq += 1;
-                events.insert(seq, row.bytes)?;
-                let topic = row.key.topic();
-                let id = match batch_topics.get_mut(topic) {
-                    Some((id, n)) => {
-                        *n += 1;
-                        *id
-                    }
-                    None => {
-                        let id = match topics.get(topic)? {
-                            Some(v) => v.value().0,
-                            None => {
-                                next.next_topic_id += 1;
-                                next.next_topic_id - 1
-                            }
-                        };
-                        batch_topics.insert(topic, (id, 1));
-                        id
-                    }
-                };
-                topic_events.insert((id, seq), ())?;
-                index_entries.push((row.key.hash(), seq));
-            }
-            if let Some(&(_, first_seq)) = index_entries.first() {
-                txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&index_entries).as_slice())?;
-            }
-            merged_slice = self.index.with_next_slice(|slice| -> Result<Option<u8>, StoreError> {
-                let Some(slice) = slice else { return Ok(None) };
-                // Sorted pairs: each leaf of the tree is touched once per slice.
-                let mut tree = txn.open_table(KEY_INDEX)?;
-                for pair in slice.pairs {
-                    tree.insert(pair, ())?;
-                }
-                if slice.last {
-                    txn.open_table(KEY_LOG)?.retain_in(..slice.snapshot_end_seq, |_, _| false)?;
-                }
-                Ok(Some(slice.id()))
-            })?;
-            for (topic, (id, added)) in batch_topics {
-                let stored = topics.get(topic)?.map(|v| v.value().1).unwrap_or(0);
-                topics.insert(topic, (id, stored + added))?;
-            }
-            next.unique += index_entries.len() as u64;
-            next.duplicates += duplicates;
-            let mut meta_table = txn.open_table(META)?;
-            meta_table.insert(meta::NEXT_SEQ, next.next_seq)?;
-            meta_table.insert(meta::UNIQUE, next.unique)?;
-            meta_table.insert(meta::DUPLICATES, next.duplicates)?;
+        let pairs = write_events(&txn, &mut next, rows)?;
+        if let Some(&(_, first_seq)) = pairs.first() {
+            txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&pairs).as_slice())?;
         }
+        let merged_slice = self.write_merge_slice(&txn)?;
+        next.unique += pairs.len() as u64;
+        next.duplicates += duplicates;
+        let mut meta_table = txn.open_table(META)?;
+        meta_table.insert(meta::NEXT_SEQ, next.next_seq)?;
+        meta_table.insert(meta::UNIQUE, next.unique)?;
+        meta_table.insert(meta::DUPLICATES, next.duplicates)?;
+        drop(meta_table);
         self.apply_faults()?;
         txn.commit()?;
         *head = next;
-        self.index.add(&index_entries);
+        self.index.add(&pairs);
         if let Some(slice) = merged_slice {
             self.index.slice_committed(slice);
         }
         self.index.maybe_start_merge(self.merge_threshold, head.next_seq);
         Ok(())
+    }
+
+    /// The next slice of a running merge, sorted: each tree leaf is touched once.
+    fn write_merge_slice(&self, txn: &WriteTransaction) -> Result<Option<u8>, StoreError> {
+        self.index.with_next_slice(|slice| {
+            let Some(slice) = slice else { return Ok(None) };
+            let mut tree = txn.open_table(KEY_INDEX)?;
+            for pair in slice.pairs {
+                tree.insert(pair, ())?;
+            }
+            if slice.last {
+                txn.open_table(KEY_LOG)?.retain_in(..slice.snapshot_end_seq, |_, _| false)?;
+            }
+            Ok(Some(slice.id()))
+        })
     }
 
     fn apply_faults(&self) -> Result<(), StoreError> {
@@ -326,10 +295,19 @@ impl Store {
                     return Ok(Page::default());
                 };
                 let order = txn.open_table(TOPIC_EVENTS)?;
-                for entry in order.range((id, first)..=(id, u64::MAX))?.take(limit + 1) {
-                    let seq = entry?.0.value().1;
-                    if let Some(bytes) = events.get(seq)? {
-                        rows.push((Seq(seq), bytes.value().to_vec()));
+                // The run holding the cursor starts at or before it.
+                let start = match order.range((id, 0)..=(id, after.0))?.next_back() {
+                    Some(entry) => entry?.0.value().1,
+                    None => first,
+                };
+                'runs: for run in order.range((id, start)..=(id, u64::MAX))? {
+                    for seq in codec::decode_seqs(run?.1.value()).filter(|s| *s >= first) {
+                        if let Some(bytes) = events.get(seq)? {
+                            rows.push((Seq(seq), bytes.value().to_vec()));
+                        }
+                        if rows.len() > limit {
+                            break 'runs;
+                        }
                     }
                 }
             }
@@ -349,6 +327,37 @@ impl Store {
         let table = txn.open_table(TOPICS)?;
         table.iter()?.map(|e| Ok(e?.0.value().to_owned())).collect()
     }
+}
+
+/// Records in `EVENTS`; one `TOPIC_EVENTS` row per topic of the batch; topic
+/// counts. Returns the batch's `(key_hash, seq)` pairs.
+fn write_events<'a>(
+    txn: &WriteTransaction,
+    next: &mut Head,
+    rows: impl Iterator<Item = Row<'a>>,
+) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut events = txn.open_table(EVENTS)?;
+    let mut pairs = Vec::new();
+    let mut runs: HashMap<&'a str, Vec<u64>> = HashMap::new();
+    for row in rows {
+        let seq = next.next_seq;
+        next.next_seq += 1;
+        events.insert(seq, row.bytes)?;
+        runs.entry(row.key.topic()).or_default().push(seq);
+        pairs.push((row.key.hash(), seq));
+    }
+    let mut topics = txn.open_table(TOPICS)?;
+    let mut topic_events = txn.open_table(TOPIC_EVENTS)?;
+    for (topic, seqs) in runs {
+        let known = topics.get(topic)?.map(|v| v.value());
+        let (id, stored) = known.unwrap_or_else(|| {
+            next.next_topic_id += 1;
+            (next.next_topic_id - 1, 0)
+        });
+        topics.insert(topic, (id, stored + seqs.len() as u64))?;
+        topic_events.insert((id, seqs[0]), codec::encode_seqs(&seqs).as_slice())?;
+    }
+    Ok(pairs)
 }
 
 fn get_or_insert(

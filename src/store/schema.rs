@@ -7,8 +7,9 @@ use redb::TableDefinition;
 /// `seq -> record` (bincode, `codec::Record`). Append-only, in arrival order.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
-/// `(topic_id, seq) -> ()`. Per-topic arrival order, for `GET /events?topic=`.
-pub const TOPIC_EVENTS: TableDefinition<(u32, u64), ()> = TableDefinition::new("topic_events");
+/// `(topic_id, first seq) -> packed seqs`: per-topic arrival order, for
+/// `GET /events?topic=`. One row per topic per batch (a "run"), not per event.
+pub const TOPIC_EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("topic_runs");
 
 /// `(key_hash, seq) -> ()`. The merged part of the dedup index (see `index`). A
 /// hash collision simply yields two entries under one hash; lookups compare the
@@ -38,4 +39,4 @@ pub mod meta {
     pub const DUPLICATES: &str = "duplicate_dropped";
 }
 
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
