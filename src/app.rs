@@ -56,7 +56,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let dedup = Arc::new(dedup);
     let stats = Arc::new(Stats::new(&recovered.head));
     let queue = Arc::new(IngestQueue::new(config.queue_capacity_requests, config.queue_capacity_events));
-    let writer = Writer::new(
+    let writer = Writer::spawn(
         store.clone(),
         dedup.clone(),
         queue.clone(),
@@ -64,7 +64,6 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
         config.writer(),
         recovered.head,
     )
-    .spawn()
     .map_err(StartError::Writer)?;
 
     let ingest = Ingest {

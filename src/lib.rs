@@ -8,7 +8,8 @@
 //!               ─▶ ingest: claim keys in dedup (DashMap) ─▶ Bloom filter
 //!                          └─ filter hit ─▶ exact check in store (blocking thread)
 //!               ─▶ queue (bounded ArrayQueue, one item per request)
-//!               ─▶ writer thread: one redb transaction per batch, commit, then acks
+//!               ─▶ writer thread: one redb transaction per batch, commit
+//!               ─▶ settler thread: filter bits, keys Committed, acks, eviction
 //! GET /events   ─▶ http::events ─▶ store::read_page (read transaction, MVCC)
 //! ```
 //! See `docs/design.md` for the invariants and where each one lives.
@@ -19,7 +20,8 @@
 //! - [`http`]: router, handlers, `ApiError`.
 //! - [`decode`]: bodies to validated [`event::Event`]s; [`event`]: the model and rules.
 //! - [`dedup`]: recent-key map and Bloom filter; [`ack`]: per-request tickets.
-//! - [`ingest`]: the publish path; [`queue`]: the ring buffer; [`writer`]: group commit.
+//! - [`ingest`]: the publish path; [`queue`]: the ring buffer; [`writer`]: group commit;
+//!   [`settler`]: acks and in-memory bookkeeping after each commit.
 //! - [`store`]: redb tables, codec, reads; [`stats`]: counters.
 //! - [`publisher`]: the load simulator behind the `publisher` binary.
 
@@ -33,6 +35,7 @@ pub mod http;
 pub mod ingest;
 pub mod publisher;
 pub mod queue;
+pub mod settler;
 pub mod shutdown;
 pub mod stats;
 pub mod store;

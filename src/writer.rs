@@ -3,11 +3,11 @@
 //! and commits block on fsync, so this work never runs on the async executor.
 //!
 //! Each round it drains up to `max_batch_events` into one batch, writes the batch
-//! in ONE transaction, commits, and only then settles the batch's requests (group
-//! commit). Promises:
+//! in ONE transaction, commits, and only then hands the batch to the `settler`
+//! thread, which releases the acks (group commit). Promises:
 //! - **Ack after commit.** A ticket becomes `Committed` only after the commit that
-//!   holds its events and counters returned `Ok`, and after the filter bits of
-//!   those events are set (the dedup "coverage" invariant).
+//!   holds its events and counters returned `Ok` (the settler then sets the filter
+//!   bits before the acks: the dedup "coverage" invariant).
 //! - **Shared fate with twins.** An item with a duplicate of another in-flight
 //!   request's key is written only in the same transaction as that request, or
 //!   after it committed. If the twin fails, so does the item. Until then the item
@@ -19,7 +19,7 @@
 //! - **Shutdown.** After the queue is closed the writer drains it completely, then
 //!   exits; joining its handle is the last step before the database is dropped.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::thread::{self, JoinHandle};
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use crate::ack::{FailReason, Progress, Ticket};
 use crate::dedup::Deduper;
-use crate::event::EventKey;
 use crate::queue::{AckMode, IngestQueue, Pending};
+use crate::settler::{Committed, Settler};
 use crate::stats::Stats;
 use crate::store::{Head, Row, Store};
 
@@ -42,7 +42,6 @@ pub struct WriterConfig {
 
 pub struct Writer {
     store: Arc<Store>,
-    dedup: Arc<Deduper>,
     queue: Arc<IngestQueue>,
     stats: Arc<Stats>,
     config: WriterConfig,
@@ -50,9 +49,10 @@ pub struct Writer {
     /// Items carried to the next round: waiting for a twin, or buffered items
     /// whose commit failed. Written before anything newly drained.
     held: Vec<Pending>,
-    /// Committed keys, oldest first, for recent-map eviction.
-    eviction_order: VecDeque<EventKey>,
     failures_in_a_row: u32,
+    /// Committed batches go here; `None` only while dropping (closes the channel).
+    settle_tx: Option<crossbeam::channel::Sender<Committed>>,
+    settler: Option<JoinHandle<()>>,
 }
 
 /// What one round of the writer did.
@@ -82,24 +82,47 @@ impl Writer {
         stats: Arc<Stats>,
         config: WriterConfig,
         head: Head,
-    ) -> Self {
-        Writer {
+    ) -> std::io::Result<Self> {
+        let (settle_tx, settler) = Settler::spawn(dedup, queue.clone(), stats.clone(), thread::current())?;
+        Ok(Writer {
             store,
-            dedup,
             queue,
             stats,
             config,
             head,
             held: Vec::new(),
-            eviction_order: VecDeque::new(),
             failures_in_a_row: 0,
-        }
+            settle_tx: Some(settle_tx),
+            settler: Some(settler),
+        })
     }
 
-    /// Start the writer thread. `writer_running` is true from here until it exits.
-    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        self.stats.writer_running.store(true, Relaxed);
-        thread::Builder::new().name("writer".into()).spawn(move || self.run())
+    /// Build the writer (and its settler) on a new thread and run it there.
+    /// `writer_running` is true from here until it exits.
+    pub fn spawn(
+        store: Arc<Store>,
+        dedup: Arc<Deduper>,
+        queue: Arc<IngestQueue>,
+        stats: Arc<Stats>,
+        config: WriterConfig,
+        head: Head,
+    ) -> std::io::Result<JoinHandle<()>> {
+        stats.writer_running.store(true, Relaxed);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = thread::Builder::new().name("writer".into()).spawn(move || {
+            match Writer::new(store, dedup, queue, stats.clone(), config, head) {
+                Ok(writer) => {
+                    let _ = ready_tx.send(Ok(()));
+                    writer.run();
+                }
+                Err(e) => {
+                    stats.writer_running.store(false, Relaxed);
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })?;
+        ready_rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("writer thread ended at start")))?;
+        Ok(handle)
     }
 
     fn run(mut self) {
@@ -160,7 +183,8 @@ impl Writer {
         settled
     }
 
-    /// Append and commit; settle every item. Returns the budget released.
+    /// Append and commit, then hand the items to the settler. Returns the budget
+    /// released here (only on failure: the settler releases the rest).
     fn commit(&mut self, items: Vec<Pending>) -> usize {
         let rows = items.iter().flat_map(|p| p.records.iter()).map(|r| Row { key: &r.key, bytes: &r.bytes });
         let duplicates: u64 = items.iter().map(|p| p.duplicates).sum();
@@ -171,15 +195,14 @@ impl Writer {
         }
         let commit_us = started.elapsed().as_micros() as u64;
         self.failures_in_a_row = 0;
-        self.dedup.add_to_filter(items.iter().flat_map(|p| p.records.iter().map(|r| &r.key)));
-        let mut released = 0;
-        for item in items {
-            released += item.cost();
-            self.eviction_order.extend(item.claims.commit());
+        let batch = Committed { items, unique: self.head.unique - unique_before, duplicates, commit_us };
+        let settle_tx = self.settle_tx.as_ref().expect("the sender lives until drop");
+        if let Err(lost) = settle_tx.send(batch) {
+            // Only if the settler thread died: nobody else can ack these requests.
+            tracing::error!("settler thread gone; committed requests will time out");
+            drop(lost);
         }
-        self.stats.batch_committed(self.head.unique - unique_before, duplicates, commit_us);
-        self.dedup.evict(&mut self.eviction_order);
-        released
+        0
     }
 
     fn commit_failed(&mut self, items: Vec<Pending>, error: &crate::store::StoreError) -> usize {
@@ -251,6 +274,18 @@ fn plan(batch: &[Pending], closing: bool) -> Vec<Verdict> {
         }
         if !changed {
             return verdicts;
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Close the settler's channel and wait until it has settled every batch.
+    fn drop(&mut self) {
+        drop(self.settle_tx.take());
+        if let Some(settler) = self.settler.take()
+            && settler.join().is_err()
+        {
+            tracing::error!("the settler thread panicked");
         }
     }
 }

@@ -35,7 +35,8 @@ fn writer(c: &mut Criterion) {
         let writer_config =
             WriterConfig { flush_interval: Duration::from_millis(5), max_batch_events: 1 << 20 };
         let mut writer =
-            Writer::new(store.clone(), dedup.clone(), queue.clone(), stats, writer_config, recovered.head);
+            Writer::new(store.clone(), dedup.clone(), queue.clone(), stats, writer_config, recovered.head)
+                .expect("writer and settler start");
         let mut next = prefill;
         for size in SIZES {
             group.throughput(Throughput::Elements(size));
