@@ -1,6 +1,7 @@
-//! The on-disk record of one event, encoded with bincode 2 (standard config:
-//! varint integers, length-prefixed strings). Decoding borrows from the page,
-//! so the read path copies nothing it does not send.
+//! On-disk encodings. One event is a [`Record`], encoded with bincode 2 (standard
+//! config: varint integers, length-prefixed strings); decoding borrows from the
+//! page. Records are stored in chunks of up to [`CHUNK_EVENTS`] consecutive seqs
+//! (one `EVENTS` row per chunk: far fewer B-tree inserts per event).
 
 use bincode::{BorrowDecode, Encode};
 
@@ -30,6 +31,87 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, bincode::error::DecodeError> {
     bincode::borrow_decode_from_slice(bytes, CONFIG).map(|(record, _)| record)
 }
 
+/// Most records in one `EVENTS` chunk.
+pub const CHUNK_EVENTS: usize = 64;
+
+/// Builds one chunk: `[n: u16][end offset of each record: n × u32][records]`,
+/// little-endian, offsets relative to the start of the records.
+#[derive(Default)]
+pub struct ChunkBuilder {
+    ends: Vec<u32>,
+    records: Vec<u8>,
+}
+
+impl ChunkBuilder {
+    pub fn push(&mut self, record: &[u8]) {
+        self.records.extend_from_slice(record);
+        let end =
+            u32::try_from(self.records.len()).expect("a chunk of 64 bounded records is far below 4 GiB");
+        self.ends.push(end);
+    }
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    /// The encoded chunk; the builder is empty again afterwards.
+    pub fn take(&mut self) -> Vec<u8> {
+        let n = u16::try_from(self.ends.len()).expect("at most CHUNK_EVENTS records");
+        let mut out = Vec::with_capacity(2 + 4 * self.ends.len() + self.records.len());
+        out.extend_from_slice(&n.to_le_bytes());
+        self.ends.drain(..).for_each(|e| out.extend_from_slice(&e.to_le_bytes()));
+        out.append(&mut self.records);
+        out
+    }
+}
+
+/// A stored chunk, validated on open so that `get` cannot read out of bounds.
+pub struct Chunk<'a> {
+    ends: &'a [u8],
+    records: &'a [u8],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt event chunk")]
+pub struct CorruptChunk;
+
+impl<'a> Chunk<'a> {
+    pub fn open(bytes: &'a [u8]) -> Result<Chunk<'a>, CorruptChunk> {
+        let (n, rest) = bytes.split_first_chunk::<2>().ok_or(CorruptChunk)?;
+        let n = usize::from(u16::from_le_bytes(*n));
+        let (ends, records) = rest.split_at_checked(4 * n).ok_or(CorruptChunk)?;
+        let chunk = Chunk { ends, records };
+        let mut previous = 0;
+        for i in 0..n {
+            let end = chunk.end(i);
+            if end < previous || end > records.len() {
+                return Err(CorruptChunk);
+            }
+            previous = end;
+        }
+        Ok(chunk)
+    }
+    pub fn len(&self) -> usize {
+        self.ends.len() / 4
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+    fn end(&self, i: usize) -> usize {
+        let b = &self.ends[4 * i..4 * i + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+    }
+    /// The `i`-th record's bytes.
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+        if i >= self.len() {
+            return None;
+        }
+        let start = if i == 0 { 0 } else { self.end(i - 1) };
+        Some(&self.records[start..self.end(i)])
+    }
+}
+
 /// A run of seqs (a `TOPIC_EVENTS` value): little-endian u64s.
 pub fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
     seqs.iter().flat_map(|s| s.to_le_bytes()).collect()
@@ -42,6 +124,24 @@ pub fn decode_seqs(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_round_trip_and_refuse_corruption() {
+        let mut builder = ChunkBuilder::default();
+        for r in [&b"abc"[..], b"", b"defg"] {
+            builder.push(r);
+        }
+        let bytes = builder.take();
+        assert!(builder.is_empty());
+        let chunk = Chunk::open(&bytes).unwrap();
+        assert_eq!(
+            (chunk.len(), chunk.get(0), chunk.get(1), chunk.get(2)),
+            (3, Some(&b"abc"[..]), Some(&b""[..]), Some(&b"defg"[..]))
+        );
+        assert_eq!(chunk.get(3), None);
+        assert!(Chunk::open(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Chunk::open(&[9]).is_err());
+    }
 
     #[test]
     fn seq_runs_round_trip() {

@@ -2,7 +2,9 @@
 //!
 //! - Each batch writes its new `(key_hash, seq)` pairs as ONE row of `KEY_LOG`
 //!   (append order), and the writer mirrors them in memory ([`KeyIndex`]).
-//! - Once the log holds `merge_threshold` pairs, the writer merges a snapshot of it
+//! - Once the log holds `merge_threshold` pairs, or a quarter of the tree if that
+//!   is more (so each merge rewrites the tree's leaves for at least N/4 new keys,
+//!   bounding the write amplification as the index grows), the writer merges a snapshot of it
 //!   into the sorted `KEY_INDEX` tree, one sixteenth of the hash space per batch
 //!   transaction, so no single commit stalls for long and each tree leaf is
 //!   rewritten once per merge instead of once per batch. The last slice deletes the
@@ -30,6 +32,8 @@ pub const MERGE_SLICES: u8 = 16;
 pub struct KeyIndex {
     log: RwLock<LogMirror>,
     merge: std::sync::Mutex<Option<Merge>>,
+    /// Pairs in the sorted tree (approximately: a re-merged pair counts twice).
+    merged: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -62,6 +66,11 @@ fn slice_of(hash: u64) -> u8 {
 }
 
 impl KeyIndex {
+    /// At open: the number of pairs already in the sorted tree.
+    pub fn set_merged(&self, pairs: u64) {
+        self.merged.store(pairs, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Pairs of committed keys (startup reload and after each commit).
     pub fn add(&self, pairs: &[(u64, u64)]) {
         let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
@@ -92,7 +101,8 @@ impl KeyIndex {
     /// merge is running. `end_seq` is the head's next seq (nothing later exists).
     pub fn maybe_start_merge(&self, threshold: usize, end_seq: u64) {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
-        if merge.is_some() || self.unmerged_len() < threshold.max(1) {
+        let merged = self.merged.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        if merge.is_some() || self.unmerged_len() < threshold.max(merged / 4).max(1) {
             return;
         }
         let log = self.log.read().unwrap_or_else(|e| e.into_inner());
@@ -126,6 +136,8 @@ impl KeyIndex {
             return;
         }
         let end_seq = m.snapshot_end_seq;
+        let count = m.pairs.iter().filter(|(h, _)| slice_of(*h) == slice).count();
+        self.merged.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
         {
             let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
             log.first.retain(|h, s| !(slice_of(*h) == slice && *s < end_seq));

@@ -38,6 +38,8 @@ pub enum StoreError {
     Commit(#[from] redb::CommitError),
     #[error("corrupt record: {0}")]
     Decode(#[from] bincode::error::DecodeError),
+    #[error(transparent)]
+    Chunk(#[from] codec::CorruptChunk),
     #[error("database schema version {found} is not supported (expected {expected})")]
     Schema { found: u64, expected: u64 },
     #[error("commit failed: injected fault")]
@@ -117,6 +119,7 @@ impl Store {
         let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
         let store = Store { db, index: KeyIndex::default(), merge_threshold, faults: Faults::default() };
         let mut recovered = store.init()?;
+        store.index.set_merged(recovered.stored_keys);
         recovered.stored_keys += store.load_key_log()?;
         Ok((store, recovered))
     }
@@ -194,9 +197,11 @@ impl Store {
         let index = txn.open_table(KEY_INDEX)?;
         let events = txn.open_table(EVENTS)?;
         let is_key = |seq: u64, key: &EventKey| -> Result<bool, StoreError> {
-            let Some(bytes) = events.get(seq)? else { return Ok(false) };
-            let record = codec::decode(bytes.value())?;
-            Ok(record.topic == key.topic() && record.event_id == key.event_id())
+            let found = with_record(&events, seq, |bytes| -> Result<bool, StoreError> {
+                let record = codec::decode(bytes)?;
+                Ok(record.topic == key.topic() && record.event_id == key.event_id())
+            })?;
+            found.unwrap_or(Ok(false))
         };
         keys.iter()
             .zip(unmerged)
@@ -285,9 +290,23 @@ impl Store {
         let mut rows = Vec::with_capacity(limit.min(1024) + 1);
         match topic {
             None => {
-                for entry in events.range(first..)?.take(limit + 1) {
-                    let (seq, bytes) = entry?;
-                    rows.push((Seq(seq.value()), bytes.value().to_vec()));
+                // The chunk holding `first` starts at or before it.
+                let start = match events.range(..=first)?.next_back() {
+                    Some(entry) => entry?.0.value(),
+                    None => first,
+                };
+                'chunks: for entry in events.range(start..)? {
+                    let (chunk_start, bytes) = entry?;
+                    let chunk = codec::Chunk::open(bytes.value())?;
+                    for i in 0..chunk.len() {
+                        let seq = chunk_start.value() + i as u64;
+                        if seq >= first {
+                            rows.push((Seq(seq), chunk.get(i).unwrap_or_default().to_vec()));
+                            if rows.len() > limit {
+                                break 'chunks;
+                            }
+                        }
+                    }
                 }
             }
             Some(topic) => {
@@ -302,8 +321,8 @@ impl Store {
                 };
                 'runs: for run in order.range((id, start)..=(id, u64::MAX))? {
                     for seq in codec::decode_seqs(run?.1.value()).filter(|s| *s >= first) {
-                        if let Some(bytes) = events.get(seq)? {
-                            rows.push((Seq(seq), bytes.value().to_vec()));
+                        if let Some(bytes) = with_record(&events, seq, <[u8]>::to_vec)? {
+                            rows.push((Seq(seq), bytes));
                         }
                         if rows.len() > limit {
                             break 'runs;
@@ -329,7 +348,23 @@ impl Store {
     }
 }
 
-/// Records in `EVENTS`; one `TOPIC_EVENTS` row per topic of the batch; topic
+type EventsTable = redb::ReadOnlyTable<u64, &'static [u8]>;
+
+/// Run `f` on the record stored under `seq`, found in the chunk that starts at or
+/// before it.
+fn with_record<R>(
+    events: &EventsTable,
+    seq: u64,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<Option<R>, StoreError> {
+    let Some(entry) = events.range(..=seq)?.next_back() else { return Ok(None) };
+    let (chunk_start, bytes) = entry?;
+    let chunk = codec::Chunk::open(bytes.value())?;
+    let index = usize::try_from(seq - chunk_start.value()).unwrap_or(usize::MAX);
+    Ok(chunk.get(index).map(f))
+}
+
+/// Records in `EVENTS` chunks; one `TOPIC_EVENTS` row per topic of the batch; topic
 /// counts. Returns the batch's `(key_hash, seq)` pairs.
 fn write_events<'a>(
     txn: &WriteTransaction,
@@ -339,12 +374,21 @@ fn write_events<'a>(
     let mut events = txn.open_table(EVENTS)?;
     let mut pairs = Vec::new();
     let mut runs: HashMap<&'a str, Vec<u64>> = HashMap::new();
+    let mut chunk = codec::ChunkBuilder::default();
+    let mut chunk_start = next.next_seq;
     for row in rows {
         let seq = next.next_seq;
         next.next_seq += 1;
-        events.insert(seq, row.bytes)?;
+        chunk.push(row.bytes);
+        if chunk.len() == codec::CHUNK_EVENTS {
+            events.insert(chunk_start, chunk.take().as_slice())?;
+            chunk_start = next.next_seq;
+        }
         runs.entry(row.key.topic()).or_default().push(seq);
         pairs.push((row.key.hash(), seq));
+    }
+    if !chunk.is_empty() {
+        events.insert(chunk_start, chunk.take().as_slice())?;
     }
     let mut topics = txn.open_table(TOPICS)?;
     let mut topic_events = txn.open_table(TOPIC_EVENTS)?;
@@ -477,6 +521,34 @@ mod tests {
             })
             .unwrap();
         assert!(all.iter().all(|k| hashes.contains(&k.hash())));
+    }
+
+    #[test]
+    fn pages_and_lookups_cross_chunk_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let h = KeyHasher::new(rec.key_hash_seed);
+        let keys: Vec<_> = (0..150).map(|i| EventKey::new(h, "t", i.to_string())).collect();
+        let mut head = rec.head;
+        append(&store, &mut head, &keys[..100]).unwrap();
+        append(&store, &mut head, &keys[100..]).unwrap();
+        let mut after = Seq(0);
+        let mut seen = Vec::new();
+        loop {
+            let page = store.read_page(None, after, 37).unwrap();
+            for (seq, bytes) in &page.rows {
+                assert_eq!(codec::decode(bytes).unwrap().event_id, (seq.0 - 1).to_string());
+                seen.push(seq.0);
+            }
+            match page.next_after {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(seen, (1..=150).collect::<Vec<_>>());
+        let topic_page = store.read_page(Some("t"), Seq(63), 3).unwrap();
+        assert_eq!(topic_page.rows.iter().map(|r| r.0.0).collect::<Vec<_>>(), vec![64, 65, 66]);
+        assert!(store.contains(&keys).unwrap().into_iter().all(|found| found));
     }
 
     #[test]

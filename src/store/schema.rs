@@ -4,7 +4,8 @@
 
 use redb::TableDefinition;
 
-/// `seq -> record` (bincode, `codec::Record`). Append-only, in arrival order.
+/// `first seq -> chunk` of up to 64 consecutive records (`codec::ChunkBuilder`,
+/// each a bincode `codec::Record`). Append-only, in arrival order.
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// `(topic_id, first seq) -> packed seqs`: per-topic arrival order, for
@@ -39,4 +40,4 @@ pub mod meta {
     pub const DUPLICATES: &str = "duplicate_dropped";
 }
 
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
