@@ -38,15 +38,18 @@ pub struct KeyIndex {
 
 #[derive(Default)]
 struct LogMirror {
-    /// hash -> seq for pairs not yet merged.
-    first: HashMap<u64, u64, BuildKeyHasher>,
+    /// hash -> seq for pairs not yet merged, one map per merge slice (so a merged
+    /// slice is dropped without scanning the others).
+    first: [HashMap<u64, u64, BuildKeyHasher>; MERGE_SLICES as usize],
     /// Further pairs whose hash is already in `first` (64-bit collisions: rare).
     more: Vec<(u64, u64)>,
 }
 
-/// A merge in progress: the snapshot's pairs, sorted, and the next slice to write.
+/// A merge in progress: the snapshot's pairs bucketed by slice (each bucket is
+/// sorted when its turn comes, so no single commit sorts the whole snapshot),
+/// and the next slice to write.
 pub struct Merge {
-    pairs: Vec<(u64, u64)>,
+    buckets: Vec<Vec<(u64, u64)>>,
     /// Log rows with a smaller key (first seq of their batch) belong to the snapshot.
     pub snapshot_end_seq: u64,
     next_slice: u8,
@@ -75,12 +78,13 @@ impl KeyIndex {
     pub fn add(&self, pairs: &[(u64, u64)]) {
         let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
         for &(hash, seq) in pairs {
-            if let Some(&existing) = log.first.get(&hash) {
+            let bucket = &mut log.first[usize::from(slice_of(hash))];
+            if let Some(&existing) = bucket.get(&hash) {
                 if existing != seq {
                     log.more.push((hash, seq));
                 }
             } else {
-                log.first.insert(hash, seq);
+                bucket.insert(hash, seq);
             }
         }
     }
@@ -88,13 +92,13 @@ impl KeyIndex {
     /// Seqs of unmerged pairs with this hash.
     pub fn unmerged(&self, hash: u64, out: &mut Vec<u64>) {
         let log = self.log.read().unwrap_or_else(|e| e.into_inner());
-        out.extend(log.first.get(&hash));
+        out.extend(log.first[usize::from(slice_of(hash))].get(&hash));
         out.extend(log.more.iter().filter(|(h, _)| *h == hash).map(|(_, s)| *s));
     }
 
     pub fn unmerged_len(&self) -> usize {
         let log = self.log.read().unwrap_or_else(|e| e.into_inner());
-        log.first.len() + log.more.len()
+        log.first.iter().map(HashMap::len).sum::<usize>() + log.more.len()
     }
 
     /// Start a merge of everything unmerged if the log is at `threshold` and no
@@ -106,25 +110,24 @@ impl KeyIndex {
             return;
         }
         let log = self.log.read().unwrap_or_else(|e| e.into_inner());
-        let mut pairs: Vec<(u64, u64)> =
-            log.first.iter().map(|(h, s)| (*h, *s)).chain(log.more.iter().copied()).collect();
-        pairs.sort_unstable();
-        *merge = Some(Merge { pairs, snapshot_end_seq: end_seq, next_slice: 0 });
+        let mut buckets = vec![Vec::new(); usize::from(MERGE_SLICES)];
+        let all = log.first.iter().flat_map(|m| m.iter().map(|(h, s)| (*h, *s)));
+        for (h, s) in all.chain(log.more.iter().copied()) {
+            buckets[usize::from(slice_of(h))].push((h, s));
+        }
+        *merge = Some(Merge { buckets, snapshot_end_seq: end_seq, next_slice: 0 });
     }
 
     /// Run `f` with the next slice to merge, if a merge is running.
     pub fn with_next_slice<R>(&self, f: impl FnOnce(Option<Slice<'_>>) -> R) -> R {
-        let merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(m) = merge.as_ref() else { return f(None) };
+        let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = merge.as_mut() else { return f(None) };
         let slice = m.next_slice;
-        let start = m.pairs.partition_point(|(h, _)| slice_of(*h) < slice);
-        let end = m.pairs.partition_point(|(h, _)| slice_of(*h) <= slice);
-        f(Some(Slice {
-            pairs: &m.pairs[start..end],
-            last: slice + 1 == MERGE_SLICES,
-            snapshot_end_seq: m.snapshot_end_seq,
-            slice,
-        }))
+        let pairs = &mut m.buckets[usize::from(slice)];
+        if !pairs.is_sorted() {
+            pairs.sort_unstable();
+        }
+        f(Some(Slice { pairs, last: slice + 1 == MERGE_SLICES, snapshot_end_seq: m.snapshot_end_seq, slice }))
     }
 
     /// After the commit that wrote slice `slice`: drop its pairs from the mirror
@@ -136,11 +139,11 @@ impl KeyIndex {
             return;
         }
         let end_seq = m.snapshot_end_seq;
-        let count = m.pairs.iter().filter(|(h, _)| slice_of(*h) == slice).count();
+        let count = std::mem::take(&mut m.buckets[usize::from(slice)]).len();
         self.merged.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
         {
             let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
-            log.first.retain(|h, s| !(slice_of(*h) == slice && *s < end_seq));
+            log.first[usize::from(slice)].retain(|_, s| *s >= end_seq);
             log.more.retain(|(h, s)| !(slice_of(*h) == slice && *s < end_seq));
         }
         m.next_slice += 1;
