@@ -1,6 +1,8 @@
 //! The `aggregator` server: parse config, set up logging, start, run until
 //! SIGINT/SIGTERM, then shut down in order.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use event_aggregator::Config;
@@ -8,8 +10,18 @@ use event_aggregator::Config;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+/// Exits 0 after a clean shutdown; 1 with one line on stderr when it cannot start.
+fn main() -> ExitCode {
+    match run_until_signal(Config::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("aggregator: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_until_signal(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
