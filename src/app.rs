@@ -17,7 +17,7 @@ use crate::ingest::Ingest;
 use crate::queue::IngestQueue;
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
-use crate::writer::Writer;
+use crate::writer::{Writer, WriterParts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,14 +56,14 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let dedup = Arc::new(dedup);
     let stats = Arc::new(Stats::new(&recovered.head));
     let queue = Arc::new(IngestQueue::new(config.queue_capacity_requests, config.queue_capacity_events));
-    let writer = Writer::spawn(
-        store.clone(),
-        dedup.clone(),
-        queue.clone(),
-        stats.clone(),
-        config.writer(),
-        recovered.head,
-    )
+    let writer = Writer::spawn(WriterParts {
+        store: store.clone(),
+        dedup: dedup.clone(),
+        queue: queue.clone(),
+        stats: stats.clone(),
+        config: config.writer(),
+        head: recovered.head,
+    })
     .map_err(StartError::Writer)?;
 
     let ingest = Ingest {

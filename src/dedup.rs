@@ -276,6 +276,27 @@ mod tests {
     }
 
     #[test]
+    fn rebuild_sets_the_filter_from_stored_hashes_and_sizes_it() {
+        let config = DedupConfig { recent_capacity: 10, filter_capacity: 1000, filter_fp_rate: 0.01 };
+        let d = Deduper::new(config, 5000);
+        assert_eq!(d.filter_capacity(), 10_000, "at least twice the stored keys");
+        let stored: Vec<EventKey> = (0..5000).map(|i| key(&i.to_string())).collect();
+        let loaded = d
+            .rebuild(|add| {
+                stored.iter().for_each(|k| add(k.hash()));
+                Ok::<u64, ()>(stored.len() as u64)
+            })
+            .unwrap();
+        assert_eq!((loaded, d.filter_items()), (5000, 5000));
+        let refs: Vec<&EventKey> = stored.iter().collect();
+        assert!(d.maybe_stored(&refs).into_iter().all(|maybe| maybe), "no false negatives");
+        let fresh: Vec<EventKey> = (0..1000).map(|i| key(&format!("new-{i}"))).collect();
+        let refs: Vec<&EventKey> = fresh.iter().collect();
+        let false_positives = d.maybe_stored(&refs).into_iter().filter(|m| *m).count();
+        assert!(false_positives < 50, "about 1 % expected, got {false_positives}");
+    }
+
+    #[test]
     fn eviction_takes_only_committed_keys_oldest_first() {
         let d = dedup(2);
         let pending = Ticket::new();

@@ -74,15 +74,21 @@ enum Verdict {
     Fail(FailReason),
 }
 
+/// What the writer (and its settler) work with.
+pub struct WriterParts {
+    pub store: Arc<Store>,
+    pub dedup: Arc<Deduper>,
+    pub queue: Arc<IngestQueue>,
+    pub stats: Arc<Stats>,
+    pub config: WriterConfig,
+    /// Where the next batch goes, as recovered at open.
+    pub head: Head,
+}
+
 impl Writer {
-    pub fn new(
-        store: Arc<Store>,
-        dedup: Arc<Deduper>,
-        queue: Arc<IngestQueue>,
-        stats: Arc<Stats>,
-        config: WriterConfig,
-        head: Head,
-    ) -> std::io::Result<Self> {
+    /// A writer for the calling thread, with its settler thread started.
+    pub fn new(parts: WriterParts) -> std::io::Result<Self> {
+        let WriterParts { store, dedup, queue, stats, config, head } = parts;
         let (settle_tx, settler) = Settler::spawn(dedup, queue.clone(), stats.clone(), thread::current())?;
         Ok(Writer {
             store,
@@ -99,18 +105,12 @@ impl Writer {
 
     /// Build the writer (and its settler) on a new thread and run it there.
     /// `writer_running` is true from here until it exits.
-    pub fn spawn(
-        store: Arc<Store>,
-        dedup: Arc<Deduper>,
-        queue: Arc<IngestQueue>,
-        stats: Arc<Stats>,
-        config: WriterConfig,
-        head: Head,
-    ) -> std::io::Result<JoinHandle<()>> {
+    pub fn spawn(parts: WriterParts) -> std::io::Result<JoinHandle<()>> {
+        let stats = parts.stats.clone();
         stats.writer_running.store(true, Relaxed);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = thread::Builder::new().name("writer".into()).spawn(move || {
-            match Writer::new(store, dedup, queue, stats.clone(), config, head) {
+        let handle =
+            thread::Builder::new().name("writer".into()).spawn(move || match Writer::new(parts) {
                 Ok(writer) => {
                     let _ = ready_tx.send(Ok(()));
                     writer.run();
@@ -119,8 +119,7 @@ impl Writer {
                     stats.writer_running.store(false, Relaxed);
                     let _ = ready_tx.send(Err(e));
                 }
-            }
-        })?;
+            })?;
         ready_rx.recv().unwrap_or_else(|_| Err(std::io::Error::other("writer thread ended at start")))?;
         Ok(handle)
     }

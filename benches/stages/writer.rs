@@ -13,7 +13,7 @@ use event_aggregator::event::{EventKey, KeyHasher};
 use event_aggregator::queue::{AckMode, IngestQueue, NewRecord, Pending, WhenFull};
 use event_aggregator::stats::Stats;
 use event_aggregator::store::schema::{EVENTS, KEY_INDEX};
-use event_aggregator::writer::{Round, Writer, WriterConfig};
+use event_aggregator::writer::{Round, Writer, WriterConfig, WriterParts};
 use redb::Database;
 
 use crate::fixtures;
@@ -34,9 +34,15 @@ fn writer(c: &mut Criterion) {
         let stats = Arc::new(Stats::new(&recovered.head));
         let writer_config =
             WriterConfig { flush_interval: Duration::from_millis(5), max_batch_events: 1 << 20 };
-        let mut writer =
-            Writer::new(store.clone(), dedup.clone(), queue.clone(), stats, writer_config, recovered.head)
-                .expect("writer and settler start");
+        let mut writer = Writer::new(WriterParts {
+            store: store.clone(),
+            dedup: dedup.clone(),
+            queue: queue.clone(),
+            stats,
+            config: writer_config,
+            head: recovered.head,
+        })
+        .expect("writer and settler start");
         let mut next = prefill;
         for size in SIZES {
             group.throughput(Throughput::Elements(size));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio::task::JoinHandle;
 
 use crate::helpers::{TestApp, counts, data_dir, event, eventually, json_response, test_config};
 
@@ -43,12 +44,7 @@ async fn duplicate_of_a_pending_twin_shares_its_failed_commit() {
     let faults = &app.app.state.store.faults;
     faults.commit_delay_ms.store(300, Ordering::SeqCst);
     faults.fail_commits.store(1, Ordering::SeqCst);
-    let first = {
-        let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
-        tokio::spawn(async move { json_response(req.send().await.unwrap()).await })
-    };
-    let state = app.app.state.clone();
-    assert!(eventually(Duration::from_secs(5), async || state.dedup.recent_len() == 1).await);
+    let first = publish_and_wait_for_its_claim(&app).await;
     let (second_status, second) = app.publish(&event("twin", "k")).await;
     let (first_status, _) = first.await.unwrap();
     assert_eq!(first_status, StatusCode::SERVICE_UNAVAILABLE);
@@ -66,18 +62,22 @@ async fn duplicate_of_a_pending_twin_waits_for_its_commit() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
     app.app.state.store.faults.commit_delay_ms.store(200, Ordering::SeqCst);
-    let first = {
-        let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
-        tokio::spawn(async move { json_response(req.send().await.unwrap()).await })
-    };
-    let state = app.app.state.clone();
-    assert!(eventually(Duration::from_secs(5), async || state.dedup.recent_len() == 1).await);
+    let first = publish_and_wait_for_its_claim(&app).await;
     let (status, body) = app.publish(&event("twin", "k")).await;
     assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(1)));
     // By the time the duplicate is acknowledged, the twin is readable.
     assert_eq!(app.all_events(Some("twin")).await.len(), 1);
     assert_eq!(first.await.unwrap().0, StatusCode::OK);
     app.shutdown().await;
+}
+
+/// Publish `("twin", "k")` in the background; return once its key is claimed.
+async fn publish_and_wait_for_its_claim(app: &TestApp) -> JoinHandle<(StatusCode, serde_json::Value)> {
+    let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
+    let first = tokio::spawn(async move { json_response(req.send().await.unwrap()).await });
+    let state = app.app.state.clone();
+    assert!(eventually(Duration::from_secs(5), async || state.dedup.recent_len() == 1).await);
+    first
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
