@@ -15,7 +15,8 @@ fn main() -> ExitCode {
     match run_until_signal(Config::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("aggregator: {error:#}");
+            // Each layer's message already includes its cause: print the top one only.
+            eprintln!("aggregator: {error}");
             ExitCode::FAILURE
         }
     }
