@@ -15,15 +15,15 @@ use serde_json::value::RawValue;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Owned, typed events, as the seed design's models are.
 #[allow(dead_code)]
 #[derive(Deserialize)]
-struct Event<'a> {
-    topic: &'a str,
-    event_id: &'a str,
-    timestamp: Option<&'a str>,
-    source: Option<&'a str>,
-    #[serde(borrow)]
-    payload: Option<&'a RawValue>,
+struct Event {
+    topic: String,
+    event_id: String,
+    timestamp: Option<String>,
+    source: Option<String>,
+    payload: Option<Box<RawValue>>,
 }
 
 async fn publish(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
@@ -32,12 +32,12 @@ async fn publish(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
     let parsed: Result<usize, serde_json::Error> = if ndjson {
         body.split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice::<Event<'_>>(l).map(|_| 1))
+            .map(|l| serde_json::from_slice::<Event>(l).map(|_| 1))
             .sum()
     } else if body.first() == Some(&b'[') {
-        serde_json::from_slice::<Vec<Event<'_>>>(&body).map(|v| v.len())
+        serde_json::from_slice::<Vec<Event>>(&body).map(|v| v.len())
     } else {
-        serde_json::from_slice::<Event<'_>>(&body).map(|_| 1)
+        serde_json::from_slice::<Event>(&body).map(|_| 1)
     };
     match parsed {
         Ok(n) => {

@@ -60,10 +60,14 @@ impl Ingest {
     pub async fn publish(&self, events: Vec<Event>, ack: AckMode) -> Result<Outcome, IngestError> {
         let received = events.len();
         let received_at_us = chrono::Utc::now().timestamp_micros();
-        let keys: Vec<EventKey> = events
-            .iter()
-            .map(|e| EventKey::new(self.hasher, e.topic.as_str(), e.event_id.as_str()))
-            .collect();
+        // The key takes the event's topic and id (moved, not copied).
+        let (keys, bodies): (Vec<EventKey>, Vec<Body>) = events
+            .into_iter()
+            .map(|e| {
+                let key = EventKey::new(self.hasher, e.topic, e.event_id);
+                (key, Body { timestamp: e.timestamp, source: e.source, payload: e.payload })
+            })
+            .unzip();
         let ticket = Ticket::new();
         let mut claims = ClaimSet::new(self.dedup.clone(), ticket.clone());
         let (mut decisions, twins) = self.claim_all(&keys, &ticket, &mut claims);
@@ -73,7 +77,7 @@ impl Ingest {
         let mut duplicate_indices = Vec::new();
         for (i, decision) in decisions.iter().enumerate() {
             match decision {
-                Decision::New => records.push(new_record(&keys[i], &events[i], received_at_us)),
+                Decision::New => records.push(new_record(&keys[i], &bodies[i], received_at_us)),
                 _ => duplicate_indices.push(i),
             }
         }
@@ -181,13 +185,20 @@ impl Ingest {
     }
 }
 
-fn new_record(key: &EventKey, event: &Event, received_at_us: i64) -> NewRecord {
+/// The rest of an event once its topic and id went into its key.
+struct Body {
+    timestamp: String,
+    source: String,
+    payload: String,
+}
+
+fn new_record(key: &EventKey, body: &Body, received_at_us: i64) -> NewRecord {
     let bytes = codec::encode(&codec::Record {
-        topic: &event.topic,
-        event_id: &event.event_id,
-        timestamp: &event.timestamp,
-        source: &event.source,
-        payload: &event.payload,
+        topic: key.topic(),
+        event_id: key.event_id(),
+        timestamp: &body.timestamp,
+        source: &body.source,
+        payload: &body.payload,
         received_at_us,
     });
     NewRecord { key: key.clone(), bytes }
