@@ -37,6 +37,7 @@ PY
 # Workloads (a)-(d) of the measurement issue; each against both servers where it applies.
 run a_agg  "http://127.0.0.1:$AGG_PORT"  --events "$(n 200000)" --batch-size 1 --concurrency 64 --duplicate 0 --ack durable
 run a_bare "http://127.0.0.1:$BARE_PORT" --events "$(n 200000)" --batch-size 1 --concurrency 64 --duplicate 0 --no-check
+run a2_agg "http://127.0.0.1:$AGG_PORT" --events "$(n 200000)" --batch-size 1 --concurrency 64 --duplicate 0 --ack buffered
 run b_agg  "http://127.0.0.1:$AGG_PORT"  --events "$(n 2000000)" --batch-size 1000 --concurrency 8 --duplicate 0.2 --ack durable
 run b_bare "http://127.0.0.1:$BARE_PORT" --events "$(n 2000000)" --batch-size 1000 --concurrency 8 --duplicate 0.2 --no-check
 run c_store "http://127.0.0.1:$AGG_PORT" --events "$(n 1000000)" --batch-size 1000 --concurrency 8 --duplicate 0 --run-id resend
@@ -48,6 +49,7 @@ run d_bare "http://127.0.0.1:$BARE_PORT" --events "$(n 2000000)" --batch-size 10
 echo "| workload | aggregator events/s | requests/s | bare handler events/s | ratio | p50 / p99 ms | self-check |"
 echo "|---|---|---|---|---|---|---|"
 row "(a) single events, c=64, durable" a_agg a_bare
+row "(a') single events, c=64, buffered acks" a2_agg a_bare
 row "(b) batches of 1000, 20 % dup, durable" b_agg b_bare
 row "(c) batches of 1000, 100 % dup (re-send)" c_agg c_bare
 row "(d) NDJSON 1000 lines, 20 % dup" d_agg d_bare
