@@ -46,3 +46,23 @@ async fn publisher_self_check_passes_single_and_batch_modes() {
     assert_eq!(counts(&app.stats().await), (20_000, stored, 20_000 - stored));
     app.shutdown().await;
 }
+
+/// A 503 is retried (honouring Retry-After), counted, and the self-check still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_retries_503_and_counts_the_retries() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    app.app.state.store.faults.fail_commits.store(2, std::sync::atomic::Ordering::SeqCst);
+    let output = Command::new(env!("CARGO_BIN_EXE_publisher"))
+        .args(["--url", &app.base, "--events", "200", "--batch-size", "50", "--concurrency", "1", "--json"])
+        .output()
+        .await
+        .expect("publisher runs");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    assert!(output.status.success(), "{report:#}");
+    assert_eq!(report["retries"], 2, "{report:#}");
+    assert_eq!(report["errors"]["503 (retried)"], 2);
+    assert_eq!(report["acknowledged_events"], 200);
+    assert_eq!(report["self_check"]["ok"], true);
+    app.shutdown().await;
+}
