@@ -83,11 +83,10 @@ impl Ticket {
         })
     }
 
-    /// Wait until the progress is at least `Queued` (`buffered`) or final (`durable`).
-    pub async fn wait(&self, until_final: bool) -> Progress {
+    /// Wait until the progress is final.
+    pub async fn wait_final(&self) -> Progress {
         let mut rx = self.progress.subscribe();
-        let result =
-            rx.wait_for(|p| if until_final { p.is_final() } else { p.rank() >= 1 }).await.map(|p| *p);
+        let result = rx.wait_for(|p| p.is_final()).await.map(|p| *p);
         // The sender lives in `self`, so the channel cannot close while we wait.
         result.unwrap_or(Progress::Failed(FailReason::WriterGone))
     }
@@ -111,7 +110,7 @@ mod tests {
     async fn waiters_see_the_final_state() {
         let t = Ticket::new();
         let t2 = t.clone();
-        let waiter = tokio::spawn(async move { t2.wait(true).await });
+        let waiter = tokio::spawn(async move { t2.wait_final().await });
         t.advance(Progress::Queued);
         t.advance(Progress::Failed(FailReason::QueueFull));
         assert_eq!(waiter.await.unwrap(), Progress::Failed(FailReason::QueueFull));

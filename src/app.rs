@@ -82,6 +82,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
         queue: queue.clone(),
         limits: config.limits(),
         default_ack: config.ack_mode,
+        request_timeout: config.request_timeout(),
     });
     let router = http::router(state.clone(), config.request_timeout(), config.max_concurrent_requests);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

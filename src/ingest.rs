@@ -160,7 +160,8 @@ impl Ingest {
     }
 
     /// Durable: wait for this request's commit (the writer holds it until every twin
-    /// is settled). Buffered: wait until every twin is at least queued.
+    /// is settled). Buffered: wait until every twin is committed (a twin that is
+    /// merely queued could still fail, and this request's 200 with it).
     async fn await_ack(
         &self,
         ticket: &Ticket,
@@ -168,10 +169,10 @@ impl Ingest {
         ack: AckMode,
     ) -> Result<(), FailReason> {
         let own = match ack {
-            AckMode::Durable => ticket.wait(true).await,
+            AckMode::Durable => ticket.wait_final().await,
             AckMode::Buffered => {
                 for twin in twins {
-                    if let Progress::Failed(_) = twin.wait(false).await {
+                    if let Progress::Failed(_) = twin.wait_final().await {
                         return Err(FailReason::TwinFailed);
                     }
                 }

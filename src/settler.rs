@@ -63,16 +63,30 @@ impl Settler {
     }
 
     fn settle(&mut self, batch: Committed) {
-        let Committed { items, unique, duplicates, commit_us } = batch;
-        self.dedup.add_to_filter(items.iter().flat_map(|p| p.records.iter().map(|r| &r.key)));
-        self.stats.batch_committed(unique, duplicates, commit_us);
-        let mut released = 0;
-        for item in items {
-            released += item.cost();
-            self.eviction_order.extend(item.claims.commit());
-        }
-        self.queue.release(released);
+        let order = &mut self.eviction_order;
+        settle_batch(&self.dedup, &self.queue, &self.stats, batch, |keys| order.extend(keys));
         self.dedup.evict(&mut self.eviction_order);
         self.writer.unpark();
     }
+}
+
+/// The settling steps for one batch, in the order the module doc gives; the
+/// committed keys of each item go to `committed_keys` (for the eviction order).
+/// Also the writer's fallback, on its own thread, should the settler be gone.
+pub fn settle_batch(
+    dedup: &Deduper,
+    queue: &IngestQueue,
+    stats: &Stats,
+    batch: Committed,
+    mut committed_keys: impl FnMut(Vec<EventKey>),
+) {
+    let Committed { items, unique, duplicates, commit_us } = batch;
+    dedup.add_to_filter(items.iter().flat_map(|p| p.records.iter().map(|r| &r.key)));
+    stats.batch_committed(unique, duplicates, commit_us);
+    let mut released = 0;
+    for item in items {
+        released += item.cost();
+        committed_keys(item.claims.commit());
+    }
+    queue.release(released);
 }

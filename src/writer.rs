@@ -42,6 +42,8 @@ pub struct WriterConfig {
 
 pub struct Writer {
     store: Arc<Store>,
+    /// Only for settling on this thread should the settler die.
+    dedup: Arc<Deduper>,
     queue: Arc<IngestQueue>,
     stats: Arc<Stats>,
     config: WriterConfig,
@@ -89,9 +91,11 @@ impl Writer {
     /// A writer for the calling thread, with its settler thread started.
     pub fn new(parts: WriterParts) -> std::io::Result<Self> {
         let WriterParts { store, dedup, queue, stats, config, head } = parts;
-        let (settle_tx, settler) = Settler::spawn(dedup, queue.clone(), stats.clone(), thread::current())?;
+        let (settle_tx, settler) =
+            Settler::spawn(dedup.clone(), queue.clone(), stats.clone(), thread::current())?;
         Ok(Writer {
             store,
+            dedup,
             queue,
             stats,
             config,
@@ -149,9 +153,11 @@ impl Writer {
     }
 
     /// Held items first, then newly queued ones, up to the batch size.
+    /// Held items never count toward the batch size: they may be waiting for a
+    /// twin that is still in the queue, which must be taken for them to go ahead.
     fn collect(&mut self) -> Vec<Pending> {
         let mut batch = std::mem::take(&mut self.held);
-        let mut events: usize = batch.iter().map(|p| p.records.len()).sum();
+        let mut events = 0;
         while events < self.config.max_batch_events {
             let Some(item) = self.queue.pop() else { break };
             events += item.records.len();
@@ -162,7 +168,12 @@ impl Writer {
 
     /// Write one batch. Returns whether any item reached a final outcome.
     fn write_batch(&mut self, batch: Vec<Pending>) -> bool {
-        let verdicts = plan(&batch, self.queue.is_closed());
+        // Nothing outside this batch is in flight any more (no queued item, no
+        // batch awaiting its settler, no handler able to push): a twin that is
+        // not final by now never will be.
+        let batch_cost: usize = batch.iter().map(Pending::cost).sum();
+        let drained = self.queue.is_closed() && self.queue.is_empty() && self.queue.in_flight() == batch_cost;
+        let verdicts = plan(&batch, drained);
         let mut to_write = Vec::with_capacity(batch.len());
         let mut released = 0;
         for (item, verdict) in batch.into_iter().zip(verdicts) {
@@ -196,10 +207,11 @@ impl Writer {
         self.failures_in_a_row = 0;
         let batch = Committed { items, unique: self.head.unique - unique_before, duplicates, commit_us };
         let settle_tx = self.settle_tx.as_ref().expect("the sender lives until drop");
-        if let Err(lost) = settle_tx.send(batch) {
-            // Only if the settler thread died: nobody else can ack these requests.
-            tracing::error!("settler thread gone; committed requests will time out");
-            drop(lost);
+        if let Err(crossbeam::channel::SendError(batch)) = settle_tx.send(batch) {
+            // Only if the settler thread died. The batch is committed: settle it
+            // here, never drop it (dropping would release committed keys).
+            tracing::error!("settler thread gone; settling on the writer");
+            crate::settler::settle_batch(&self.dedup, &self.queue, &self.stats, batch, drop);
         }
         0
     }
@@ -237,7 +249,7 @@ impl Writer {
 /// is written unless a twin failed (fail too) or a twin is neither committed nor
 /// written in this same transaction (hold). Cycles of twins inside one batch
 /// share one transaction, so they are written together.
-fn plan(batch: &[Pending], closing: bool) -> Vec<Verdict> {
+fn plan(batch: &[Pending], drained: bool) -> Vec<Verdict> {
     let mut verdicts = vec![Verdict::Write; batch.len()];
     if batch.iter().all(|p| p.twins.is_empty()) {
         return verdicts;
@@ -252,9 +264,7 @@ fn plan(batch: &[Pending], closing: bool) -> Vec<Verdict> {
                 Verdict::Fail(_) => Verdict::Fail(FailReason::TwinFailed),
                 v => v,
             },
-            // Once closing, every handler has finished: a twin outside the queue
-            // can no longer arrive.
-            None if closing => Verdict::Fail(FailReason::ShuttingDown),
+            None if drained => Verdict::Fail(FailReason::ShuttingDown),
             None => Verdict::Hold,
         },
     };
@@ -295,5 +305,124 @@ struct RunningFlag<'a>(&'a Stats);
 impl Drop for RunningFlag<'_> {
     fn drop(&mut self) {
         self.0.writer_running.store(false, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::{Claim, ClaimSet, DedupConfig};
+    use crate::event::{EventKey, KeyHasher};
+    use crate::queue::{NewRecord, WhenFull};
+    use crate::store::codec;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        dedup: Arc<Deduper>,
+        queue: Arc<IngestQueue>,
+        writer: Writer,
+        hasher: KeyHasher,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    fn rig(max_batch_events: usize) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let config = DedupConfig { recent_capacity: 100, filter_capacity: 1000, filter_fp_rate: 0.01 };
+        let dedup = Arc::new(Deduper::new(config, 0));
+        let queue = Arc::new(IngestQueue::new(16, 1000));
+        let parts = WriterParts {
+            store: Arc::new(store),
+            dedup: dedup.clone(),
+            queue: queue.clone(),
+            stats: Arc::new(Stats::new(&rec.head)),
+            config: WriterConfig { flush_interval: Duration::from_millis(5), max_batch_events },
+            head: rec.head,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let hasher = KeyHasher::new(rec.key_hash_seed);
+        Rig { _dir: dir, dedup, queue, writer: Writer::new(parts).unwrap(), hasher, runtime }
+    }
+
+    /// A request's item: `new` keys claimed and stored, plus duplicates of `twins`.
+    fn item(rig: &Rig, ticket: &Arc<Ticket>, new: &[EventKey], twins: Vec<Arc<Ticket>>) -> Pending {
+        let mut claims = ClaimSet::new(rig.dedup.clone(), ticket.clone());
+        let records = new
+            .iter()
+            .map(|key| {
+                assert!(matches!(rig.dedup.claim(key, ticket), Claim::Won));
+                claims.push(key.clone());
+                let record = codec::Record {
+                    topic: key.topic(),
+                    event_id: key.event_id(),
+                    timestamp: "t",
+                    source: "",
+                    payload: "{}",
+                    received_at_us: 0,
+                };
+                NewRecord { key: key.clone(), bytes: codec::encode(&record) }
+            })
+            .collect();
+        let duplicates = twins.len() as u64;
+        Pending { records, duplicates, twins, claims, ack: AckMode::Durable }
+    }
+
+    fn push(rig: &Rig, item: Pending) {
+        rig.runtime.block_on(rig.queue.push(item, WhenFull::Reject)).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_twin_fails_the_item_held_for_it() {
+        let mut rig = rig(5);
+        let twin = Ticket::new();
+        let twin_key = EventKey::new(rig.hasher, "t", "k");
+        let held = Ticket::new();
+        let many: Vec<EventKey> = (0..6).map(|i| EventKey::new(rig.hasher, "t", i.to_string())).collect();
+        // The twin claims its key first but is queued only later.
+        let mut twin_claims = ClaimSet::new(rig.dedup.clone(), twin.clone());
+        assert!(matches!(rig.dedup.claim(&twin_key, &twin), Claim::Won));
+        twin_claims.push(twin_key.clone());
+        let held_item = item(&rig, &held, &many, vec![twin.clone()]);
+        push(&rig, held_item);
+        assert_eq!(rig.writer.flush_once(), Round::Waiting, "held: its twin is not queued");
+
+        drop(twin_claims); // the twin's handler hands over to its queued item instead
+        let twin_again = Ticket::new();
+        let twin_item = item(&rig, &twin_again, std::slice::from_ref(&twin_key), Vec::new());
+        push(&rig, twin_item);
+        // The first twin was abandoned (its claims released): the held item fails.
+        assert_eq!(rig.writer.flush_once(), Round::Settled);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(held.progress().is_final() && twin_again.progress().is_final()) {
+            assert!(std::time::Instant::now() < deadline, "settled in time");
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(held.progress(), Progress::Failed(FailReason::TwinFailed));
+        assert_eq!(twin_again.progress(), Progress::Committed);
+    }
+
+    /// Regression (review of the twin hold): items held for a twin once counted
+    /// toward the batch size, so with enough of them the writer stopped reading the
+    /// queue, where the twin was waiting: stuck for good.
+    #[test]
+    fn held_items_never_stop_the_writer_from_taking_their_twin() {
+        let mut rig = rig(5);
+        let twin = Ticket::new();
+        let twin_key = EventKey::new(rig.hasher, "t", "k");
+        let held = Ticket::new();
+        let many: Vec<EventKey> = (0..6).map(|i| EventKey::new(rig.hasher, "t", i.to_string())).collect();
+        // Claimed like the twin's handler does, then queued after the held item.
+        let twin_item = item(&rig, &twin, std::slice::from_ref(&twin_key), Vec::new());
+        let held_item = item(&rig, &held, &many, vec![twin.clone()]);
+        push(&rig, held_item);
+        assert_eq!(rig.writer.flush_once(), Round::Waiting);
+        push(&rig, twin_item);
+        assert_eq!(rig.writer.flush_once(), Round::Settled, "the twin is taken despite 6 held events");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !(held.progress().is_final() && twin.progress().is_final()) {
+            assert!(std::time::Instant::now() < deadline, "settled in time");
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!((held.progress(), twin.progress()), (Progress::Committed, Progress::Committed));
     }
 }

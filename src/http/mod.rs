@@ -35,6 +35,8 @@ pub struct AppState {
     pub queue: Arc<IngestQueue>,
     pub limits: Limits,
     pub default_ack: AckMode,
+    /// Bounds every request, except a publish once it is queued (see `guard_request`).
+    pub request_timeout: Duration,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -59,11 +61,16 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
 }
 
 /// Refuse past the concurrency limit (429), and bound every request's time (503).
-/// A publish cut off here is safe: its claims are released or settled by the writer.
+/// Not `POST /publish`: it bounds its own phases up to the queue, then waits for
+/// the outcome, because a 503 must mean "nothing stored" and a queued request may
+/// still commit.
 async fn guard_request(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let Ok(_permit) = guard.permits.try_acquire() else {
         return ApiError::TooManyRequests.into_response();
     };
+    if request.method() == axum::http::Method::POST && request.uri().path() == "/publish" {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(guard.timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),

@@ -43,7 +43,10 @@ pub async fn publish(
     let format = BodyFormat::from_content_type(header(header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header(header::CONTENT_ENCODING))?;
     let limits = state.limits;
-    let bytes = read_body(body, limits.max_body_bytes).await?;
+    // Bounded like any request until queued; `ingest` bounds the enqueue wait.
+    let bytes = tokio::time::timeout(state.request_timeout, read_body(body, limits.max_body_bytes))
+        .await
+        .map_err(|_| ApiError::Timeout)??;
     let events = if bytes.len() <= INLINE_DECODE_BYTES {
         decode_body(format, encoding, &bytes, &limits)?
     } else {

@@ -40,3 +40,24 @@ async fn a_second_instance_cannot_open_a_database_in_use() {
     assert!(second.is_err(), "redb's file lock refuses a second writer");
     app.shutdown().await;
 }
+
+/// `aggregator healthcheck` (the container's HEALTHCHECK) reads API_HOST/API_PORT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_subcommand_exits_0_for_a_live_server_and_1_otherwise() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    let check = |port: u16, host: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_aggregator"))
+            .arg("healthcheck")
+            .env("API_HOST", host)
+            .env("API_PORT", port.to_string())
+            .output()
+    };
+    let live = check(app.app.addr.port(), "0.0.0.0").await.unwrap();
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    let port = app.app.addr.port();
+    app.shutdown().await;
+    let dead = check(port, "127.0.0.1").await.unwrap();
+    assert_eq!(dead.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dead.stderr).starts_with("aggregator: "));
+}
