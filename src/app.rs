@@ -14,6 +14,7 @@ use crate::dedup::Deduper;
 use crate::event::KeyHasher;
 use crate::http::{self, AppState};
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::queue::IngestQueue;
 use crate::stats::Stats;
 use crate::store::{Store, StoreError};
@@ -46,7 +47,7 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
 
-    let (store, recovered, dedup) = {
+    let (store, recovered, dedup, loaded) = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || open_and_rebuild(&config))
             .await
@@ -74,9 +75,11 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
         hasher: KeyHasher::new(recovered.key_hash_seed),
         when_full: config.when_full(),
     };
+    let metrics = Arc::new(Metrics::new(stats.clone(), queue.clone(), dedup.clone()));
     let state = Arc::new(AppState {
         ingest,
         store: store.clone(),
+        metrics,
         stats,
         dedup,
         queue: queue.clone(),
@@ -93,12 +96,37 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             })
             .await
     });
-    tracing::info!(%addr, db_path = %config.db_path.display(), ack_mode = ?config.ack_mode, "listening");
+    tracing::info!(
+        %addr,
+        db_path = %config.db_path.display(),
+        ack_mode = ?config.ack_mode,
+        keys_loaded = loaded.keys,
+        open_ms = loaded.open_ms,
+        rebuild_ms = loaded.rebuild_ms,
+        next_seq = recovered.head.next_seq,
+        filter_capacity = state.dedup.filter_capacity(),
+        recent_keys_capacity = config.recent_keys_capacity,
+        flush_interval_ms = config.flush_interval_ms,
+        writer_batch_max_events = config.writer_batch_max_events,
+        queue_capacity_events = config.queue_capacity_events,
+        max_body_bytes = config.max_body_bytes,
+        max_batch_events = config.max_batch_events,
+        "aggregator listening; dedup filter rebuilt from disk"
+    );
     let parts = crate::shutdown::Parts { stop_tx, server, queue, writer, store };
     Ok(RunningApp { addr, state, parts })
 }
 
-fn open_and_rebuild(config: &Config) -> Result<(Store, crate::store::Recovered, Deduper), StartError> {
+/// What startup read from disk, for the startup log line.
+struct Loaded {
+    keys: u64,
+    open_ms: u64,
+    rebuild_ms: u64,
+}
+
+fn open_and_rebuild(
+    config: &Config,
+) -> Result<(Store, crate::store::Recovered, Deduper, Loaded), StartError> {
     let path = config.db_path.display().to_string();
     let started = Instant::now();
     let (store, recovered) =
@@ -110,13 +138,7 @@ fn open_and_rebuild(config: &Config) -> Result<(Store, crate::store::Recovered, 
     let keys = dedup
         .rebuild(|add| store.for_each_key_hash(add))
         .map_err(|source| StartError::Store { path, source })?;
-    tracing::info!(
-        keys,
-        rebuild_ms = rebuild_started.elapsed().as_millis() as u64,
-        open_ms = opened_ms as u64,
-        filter_capacity = dedup.filter_capacity(),
-        next_seq = recovered.head.next_seq,
-        "dedup filter rebuilt from disk"
-    );
-    Ok((store, recovered, dedup))
+    let loaded =
+        Loaded { keys, open_ms: opened_ms as u64, rebuild_ms: rebuild_started.elapsed().as_millis() as u64 };
+    Ok((store, recovered, dedup, loaded))
 }

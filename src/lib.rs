@@ -22,7 +22,7 @@
 //! - [`dedup`]: recent-key map and Bloom filter; [`ack`]: per-request tickets.
 //! - [`ingest`]: the publish path; [`queue`]: the ring buffer; [`writer`]: group commit;
 //!   [`settler`]: acks and in-memory bookkeeping after each commit.
-//! - [`store`]: redb tables, codec, reads; [`stats`]: counters.
+//! - [`store`]: redb tables, codec, reads; [`stats`]: counters; [`metrics`]: `/metrics`.
 //! - [`publisher`]: the load simulator behind the `publisher` binary.
 
 pub mod ack;
@@ -33,6 +33,7 @@ pub mod dedup;
 pub mod event;
 pub mod http;
 pub mod ingest;
+pub mod metrics;
 pub mod publisher;
 pub mod queue;
 pub mod settler;

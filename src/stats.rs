@@ -9,6 +9,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
+use prometheus_client::metrics::histogram::Histogram;
+
 use crate::store::Head;
 
 #[derive(Debug)]
@@ -32,6 +34,10 @@ pub struct Stats {
     /// Requests refused with 503 because the queue was full.
     pub rejected_queue_full: AtomicU64,
     pub writer_running: AtomicBool,
+    /// Seconds per writer transaction (append + commit).
+    pub commit_seconds: Histogram,
+    /// New events per writer transaction.
+    pub batch_events: Histogram,
 }
 
 impl Stats {
@@ -51,6 +57,8 @@ impl Stats {
             writer_last_batch_events: AtomicU64::new(0),
             rejected_queue_full: AtomicU64::new(0),
             writer_running: AtomicBool::new(false),
+            commit_seconds: Histogram::new(crate::metrics::latency_buckets()),
+            batch_events: Histogram::new(crate::metrics::batch_buckets()),
         }
     }
 
@@ -62,6 +70,8 @@ impl Stats {
         self.writer_last_commit_us.store(commit_us, Relaxed);
         self.writer_commit_us_total.fetch_add(commit_us, Relaxed);
         self.writer_last_batch_events.store(unique, Relaxed);
+        self.commit_seconds.observe(commit_us as f64 / 1e6);
+        self.batch_events.observe(unique as f64);
     }
 
     /// `(received, unique_processed, duplicate_dropped)`, consistent by construction.

@@ -8,7 +8,11 @@ mod publish;
 mod status;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use axum::http::HeaderValue;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -22,6 +26,7 @@ pub use error::{ApiError, RETRY_AFTER_SECS};
 use crate::decode::Limits;
 use crate::dedup::Deduper;
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
 use crate::queue::{AckMode, IngestQueue};
 use crate::stats::Stats;
 use crate::store::Store;
@@ -37,6 +42,7 @@ pub struct AppState {
     pub default_ack: AckMode,
     /// Bounds every request, except a publish once it is queued (see `guard_request`).
     pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -45,15 +51,21 @@ pub type SharedState = Arc<AppState>;
 struct Guard {
     permits: Arc<Semaphore>,
     timeout: Duration,
+    metrics: Arc<Metrics>,
 }
 
 pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usize) -> Router {
-    let guard = Guard { permits: Arc::new(Semaphore::new(max_concurrent)), timeout: request_timeout };
+    let guard = Guard {
+        permits: Arc::new(Semaphore::new(max_concurrent)),
+        timeout: request_timeout,
+        metrics: state.metrics.clone(),
+    };
     Router::new()
         .route("/publish", post(publish::publish))
         .route("/events", get(events::list))
         .route("/stats", get(status::stats))
         .route("/health", get(status::health))
+        .route("/metrics", get(status::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(guard, guard_request))
@@ -64,15 +76,67 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
 /// Not `POST /publish`: it bounds its own phases up to the queue, then waits for
 /// the outcome, because a 503 must mean "nothing stored" and a queued request may
 /// still commit.
+/// Every request runs in a span carrying its id (the client's `x-request-id` if it
+/// is short and printable, else a counter), echoed in the response.
 async fn guard_request(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    let Ok(_permit) = guard.permits.try_acquire() else {
-        return ApiError::TooManyRequests.into_response();
-    };
-    if request.method() == axum::http::Method::POST && request.uri().path() == "/publish" {
-        return next.run(request).await;
+    let started = std::time::Instant::now();
+    let route = route_label(request.uri().path());
+    let id = request_id(&request);
+    let span = tracing::info_span!("request", id = %id.to_str().unwrap_or_default(), route);
+    let mut response = async {
+        if guard.permits.try_acquire().is_err() {
+            return ApiError::TooManyRequests.into_response();
+        }
+        if request.method() == axum::http::Method::POST && route == "/publish" {
+            return next.run(request).await;
+        }
+        match tokio::time::timeout(guard.timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::Timeout.into_response(),
+        }
     }
-    match tokio::time::timeout(guard.timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
+    .instrument(span)
+    .await;
+    response.headers_mut().insert("x-request-id", id);
+    let status = response.status();
+    let class = std::borrow::Cow::Owned(format!("{}xx", status.as_u16() / 100));
+    let labels = vec![("route", std::borrow::Cow::Borrowed(route)), ("status", class)];
+    guard.metrics.request_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    if let Some(reason) = rejection_reason(status) {
+        guard.metrics.rejected.get_or_create(&vec![("reason", reason)]).inc();
     }
+    response
+}
+
+fn request_id(request: &Request) -> HeaderValue {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let given = request
+        .headers()
+        .get("x-request-id")
+        .filter(|v| v.len() <= 64 && v.as_bytes().iter().all(|b| b.is_ascii_graphic()));
+    match given {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(NEXT.fetch_add(1, Ordering::Relaxed)),
+    }
+}
+
+/// Known routes by name; anything else is one label, so clients cannot grow the
+/// label set.
+fn route_label(path: &str) -> &'static str {
+    ["/publish", "/events", "/stats", "/health", "/metrics"]
+        .into_iter()
+        .find(|r| *r == path)
+        .unwrap_or("other")
+}
+
+fn rejection_reason(status: axum::http::StatusCode) -> Option<&'static str> {
+    Some(match status.as_u16() {
+        400 => "malformed",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        _ => return None,
+    })
 }

@@ -1,4 +1,4 @@
-//! `GET /stats` and `GET /health`: counters from `stats`, queue and dedup gauges,
+//! `GET /stats`, `GET /health` and `GET /metrics`: counters from `stats`, queue and dedup gauges,
 //! and the stored topics (read from disk, so they survive restarts).
 
 use axum::Json;
@@ -50,6 +50,11 @@ pub async fn stats(State(state): State<SharedState>) -> Result<Json<Value>, ApiE
             "filter_bytes": state.dedup.filter_bytes(),
         },
     })))
+}
+
+pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoResponse {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], state.metrics.render())
 }
 
 pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {

@@ -269,6 +269,10 @@ async fn health_and_stats_report_the_contract_fields() {
     let (app, _dir) = app().await;
     let (status, health) = app.get("/health").await;
     assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let resp = app.client.get(app.url("/health")).header("x-request-id", "trace-7").send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-7", "request ids are echoed");
+    let resp = app.client.get(app.url("/health")).send().await.unwrap();
+    assert!(resp.headers().contains_key("x-request-id"), "and assigned when absent");
     assert_eq!(health["consumer_running"], true);
     app.publish(&json!([event("b", "1"), event("a", "1"), event("a", "1")])).await;
     let stats = app.stats().await;
@@ -295,5 +299,36 @@ async fn buffered_ack_is_stored_within_the_flush_interval() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     let req = app.client.post(app.url("/publish?ack=sometimes")).json(&event("buf", "2"));
     assert_eq!(req.send().await.unwrap().status(), StatusCode::UNPROCESSABLE_ENTITY);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_prometheus_text_with_counters_histograms_and_gauges() {
+    let (app, _dir) = app().await;
+    app.publish(&json!([event("m", "1"), event("m", "1")])).await;
+    app.publish_bytes(b"{".to_vec(), "application/json", None).await;
+    let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    for line in [
+        "aggregator_events_received_total 2",
+        "aggregator_events_stored_total 1",
+        "aggregator_events_duplicate_total 1",
+        "aggregator_dedup_decisions_total{decision=\"duplicate_memory\"} 1",
+        "aggregator_requests_rejected_total{reason=\"malformed\"} 1",
+        "aggregator_queue_depth 0",
+        "aggregator_writer_running 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+    }
+    for prefix in [
+        "aggregator_http_request_duration_seconds_count{route=\"/publish\",status=\"2xx\"} 1",
+        "aggregator_writer_commit_duration_seconds_bucket",
+        "aggregator_writer_batch_events_bucket",
+        "aggregator_recent_keys ",
+        "aggregator_bloom_filter_items ",
+    ] {
+        assert!(text.contains(prefix), "missing {prefix:?} in:\n{text}");
+    }
     app.shutdown().await;
 }
