@@ -66,6 +66,7 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
         .route("/stats", get(status::stats))
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics))
+        .route("/", get(status::dashboard))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(guard, guard_request))

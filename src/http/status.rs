@@ -1,4 +1,4 @@
-//! `GET /stats`, `GET /health` and `GET /metrics`: counters from `stats`, queue and dedup gauges,
+//! `GET /stats`, `GET /health`, `GET /metrics` and the `GET /` status page: counters from `stats`, queue and dedup gauges,
 //! and the stored topics (read from disk, so they survive restarts).
 
 use axum::Json;
@@ -50,6 +50,12 @@ pub async fn stats(State(state): State<SharedState>) -> Result<Json<Value>, ApiE
             "filter_bytes": state.dedup.filter_bytes(),
         },
     })))
+}
+
+/// `GET /`: a self-contained status page (embedded in the binary, no CDN) that
+/// polls `/stats` and charts events/s, duplicates/s and queue depth.
+pub async fn dashboard() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("dashboard.html"))
 }
 
 pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoResponse {

@@ -332,3 +332,15 @@ async fn metrics_are_prometheus_text_with_counters_histograms_and_gauges() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_is_self_contained_html_polling_stats() {
+    let (app, _dir) = app().await;
+    let resp = app.client.get(app.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("fetch(\"/stats\""), "polls /stats");
+    assert!(!html.contains("http://") && !html.contains("https://"), "no external assets");
+    app.shutdown().await;
+}
