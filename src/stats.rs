@@ -28,6 +28,8 @@ pub struct Stats {
     pub filter_negatives: AtomicU64,
     pub writer_batches: AtomicU64,
     pub writer_commit_failures: AtomicU64,
+    /// Commits failed since the last success (writer sets; `/health` reads).
+    pub writer_failing_commits: AtomicU64,
     pub writer_last_commit_us: AtomicU64,
     pub writer_commit_us_total: AtomicU64,
     pub writer_last_batch_events: AtomicU64,
@@ -52,6 +54,7 @@ impl Stats {
             filter_negatives: AtomicU64::new(0),
             writer_batches: AtomicU64::new(0),
             writer_commit_failures: AtomicU64::new(0),
+            writer_failing_commits: AtomicU64::new(0),
             writer_last_commit_us: AtomicU64::new(0),
             writer_commit_us_total: AtomicU64::new(0),
             writer_last_batch_events: AtomicU64::new(0),

@@ -205,6 +205,7 @@ impl Writer {
         }
         let commit_us = started.elapsed().as_micros() as u64;
         self.failures_in_a_row = 0;
+        self.stats.writer_failing_commits.store(0, Relaxed);
         let batch = Committed { items, unique: self.head.unique - unique_before, duplicates, commit_us };
         let settle_tx = self.settle_tx.as_ref().expect("the sender lives until drop");
         if let Err(crossbeam::channel::SendError(batch)) = settle_tx.send(batch) {
@@ -219,6 +220,7 @@ impl Writer {
     fn commit_failed(&mut self, items: Vec<Pending>, error: &crate::store::StoreError) -> usize {
         self.failures_in_a_row += 1;
         self.stats.writer_commit_failures.fetch_add(1, Relaxed);
+        self.stats.writer_failing_commits.store(u64::from(self.failures_in_a_row), Relaxed);
         tracing::error!(%error, items = items.len(), "commit failed; durable requests get 503");
         let mut released = 0;
         for item in items {

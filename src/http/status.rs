@@ -63,13 +63,20 @@ pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::I
     ([(axum::http::header::CONTENT_TYPE, content_type)], state.metrics.render())
 }
 
+/// Commits failing in a row before `/health` reports the service unavailable
+/// (a full or broken disk: publishes are being refused).
+const UNHEALTHY_AFTER_FAILED_COMMITS: u64 = 3;
+
 pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
     let running = writer_running(&state);
-    let status = if running { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let failing = state.stats.writer_failing_commits.load(std::sync::atomic::Ordering::Relaxed);
+    let healthy = running && failing < UNHEALTHY_AFTER_FAILED_COMMITS;
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({
-        "status": if running { "ok" } else { "unavailable" },
+        "status": if healthy { "ok" } else { "unavailable" },
         "uptime_seconds": state.stats.uptime_seconds(),
         "consumer_running": running,
+        "failing_commits": failing,
         "queue_size": state.queue.len(),
     });
     (status, Json(body))

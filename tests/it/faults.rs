@@ -35,6 +35,21 @@ async fn failed_commit_is_503_with_retry_after_and_the_retry_succeeds() {
     app.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_while_commits_keep_failing() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    app.app.state.store.faults.fail_commits.store(3, Ordering::SeqCst);
+    for i in 0..3 {
+        assert_eq!(app.publish(&event("h", &i.to_string())).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let (status, health) = app.get("/health").await;
+    assert_eq!((status, health["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    assert_eq!(app.publish(&event("h", "ok")).await.0, StatusCode::OK);
+    assert_eq!(app.get("/health").await.0, StatusCode::OK, "healthy again after a commit succeeds");
+    app.shutdown().await;
+}
+
 /// Invariant: a 200 for a duplicate means its earlier twin is durably stored. If
 /// the twin's commit fails, the duplicate gets 503 too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
