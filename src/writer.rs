@@ -369,6 +369,15 @@ mod tests {
         Pending { records, duplicates, twins, claims, ack: AckMode::Durable }
     }
 
+    /// The settler runs on its own thread: poll until every ticket is final.
+    fn wait_settled(tickets: &[&Arc<Ticket>]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !tickets.iter().all(|t| t.progress().is_final()) {
+            assert!(std::time::Instant::now() < deadline, "settled in time");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn push(rig: &Rig, item: Pending) {
         rig.runtime.block_on(rig.queue.push(item, WhenFull::Reject)).unwrap();
     }
@@ -394,11 +403,7 @@ mod tests {
         push(&rig, twin_item);
         // The first twin was abandoned (its claims released): the held item fails.
         assert_eq!(rig.writer.flush_once(), Round::Settled);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !(held.progress().is_final() && twin_again.progress().is_final()) {
-            assert!(std::time::Instant::now() < deadline, "settled in time");
-            thread::sleep(Duration::from_millis(1));
-        }
+        wait_settled(&[&held, &twin_again]);
         assert_eq!(held.progress(), Progress::Failed(FailReason::TwinFailed));
         assert_eq!(twin_again.progress(), Progress::Committed);
     }
@@ -420,11 +425,7 @@ mod tests {
         assert_eq!(rig.writer.flush_once(), Round::Waiting);
         push(&rig, twin_item);
         assert_eq!(rig.writer.flush_once(), Round::Settled, "the twin is taken despite 6 held events");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !(held.progress().is_final() && twin.progress().is_final()) {
-            assert!(std::time::Instant::now() < deadline, "settled in time");
-            thread::sleep(Duration::from_millis(1));
-        }
+        wait_settled(&[&held, &twin]);
         assert_eq!((held.progress(), twin.progress()), (Progress::Committed, Progress::Committed));
     }
 }
