@@ -53,7 +53,9 @@ pub struct NewRecord {
 }
 
 /// When a 200 is sent (CONTRACT.md "The meaning of a 200").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
     /// After the events (or their earlier twins) are committed and fsynced.

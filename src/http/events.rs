@@ -13,6 +13,8 @@ use crate::store::{Page, StoreError, codec};
 
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
+/// Seqs stay far below this; the bound keeps `after` a signed 64-bit integer for clients.
+pub const MAX_AFTER: u64 = i64::MAX as u64;
 
 #[derive(Deserialize)]
 struct EventsQuery {
@@ -21,6 +23,22 @@ struct EventsQuery {
     after: Option<u64>,
 }
 
+/// Stored events in arrival order, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/events",
+    params(
+        ("topic" = Option<String>, Query, description = "Only this topic (absent: all topics)"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 10000, description = "Page size, default 1000"),
+        ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_i64, description = "Cursor: `next_after` of the previous page"),
+    ),
+    responses(
+        (status = 200, body = super::openapi::EventsPage),
+        (status = 422, description = "Bad query parameter", body = super::openapi::ErrorBody),
+        (status = 429, body = super::openapi::ErrorBody),
+        (status = 503, body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn list(State(state): State<SharedState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
     let query: EventsQuery = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::Query(format!("{e} (limit and after are non-negative integers)")))?;
@@ -28,7 +46,11 @@ pub async fn list(State(state): State<SharedState>, RawQuery(query): RawQuery) -
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Query(format!("limit must be between 1 and {MAX_LIMIT}")));
     }
-    let after = Seq(query.after.unwrap_or(0));
+    let after = query.after.unwrap_or(0);
+    if after > MAX_AFTER {
+        return Err(ApiError::Query(format!("after must be between 0 and {MAX_AFTER}")));
+    }
+    let after = Seq(after);
     let store = state.store.clone();
     let body = tokio::task::spawn_blocking(move || {
         let page = store.read_page(query.topic.as_deref(), after, limit)?;

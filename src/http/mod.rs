@@ -4,6 +4,7 @@
 
 mod error;
 mod events;
+mod openapi;
 mod publish;
 mod status;
 
@@ -67,6 +68,7 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
         .route("/health", get(status::health))
         .route("/metrics", get(status::metrics))
         .route("/", get(status::dashboard))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::spec()))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(guard, guard_request))

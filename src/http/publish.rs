@@ -21,7 +21,8 @@ struct PublishQuery {
     ack: Option<AckMode>,
 }
 
-#[derive(Serialize)]
+/// What a 200 reports.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct PublishResponse {
     status: &'static str,
     received: usize,
@@ -31,6 +32,25 @@ pub struct PublishResponse {
     duplicate_indices: Vec<usize>,
 }
 
+/// Publish one event, an array, `{"events": [...]}`, or NDJSON (gzip/zstd allowed).
+#[utoipa::path(
+    post,
+    path = "/publish",
+    params(("ack" = Option<AckMode>, Query, description = "`durable` (default: after fsync) or `buffered` (once queued)")),
+    request_body(content(
+        (super::openapi::PublishBody = "application/json"),
+        (String = "application/x-ndjson"),
+    )),
+    responses(
+        (status = 200, description = "Decided; durable: on disk", body = PublishResponse),
+        (status = 400, description = "Not JSON / a bad NDJSON line", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body, batch or payload over its limit", body = super::openapi::ErrorBody),
+        (status = 415, description = "Unsupported Content-Type or Content-Encoding", body = super::openapi::ErrorBody),
+        (status = 422, description = "A rule broken; every bad index and field listed; nothing stored", body = super::openapi::ErrorBody),
+        (status = 429, description = "Too many concurrent requests; Retry-After", body = super::openapi::ErrorBody),
+        (status = 503, description = "Cannot keep the promise now; nothing stored; Retry-After", body = super::openapi::ErrorBody),
+    )
+)]
 pub async fn publish(
     State(state): State<SharedState>,
     RawQuery(query): RawQuery,

@@ -8,6 +8,12 @@ use serde_json::{Value, json};
 
 use super::{ApiError, SharedState};
 
+/// Counters (persistent across restarts), topics, and writer/dedup figures.
+#[utoipa::path(get, path = "/stats", responses(
+    (status = 200, body = super::openapi::StatsBody),
+    (status = 429, body = super::openapi::ErrorBody),
+    (status = 503, body = super::openapi::ErrorBody),
+))]
 pub async fn stats(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
     let topics = tokio::task::spawn_blocking(move || store.topics())
@@ -54,10 +60,16 @@ pub async fn stats(State(state): State<SharedState>) -> Result<Json<Value>, ApiE
 
 /// `GET /`: a self-contained status page (embedded in the binary, no CDN) that
 /// polls `/stats` and charts events/s, duplicates/s and queue depth.
+#[utoipa::path(get, path = "/", responses((status = 200, description = "Status page", content_type = "text/html", body = String)))]
 pub async fn dashboard() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("dashboard.html"))
 }
 
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, content_type = "application/openmetrics-text", body = String),
+    (status = 429, body = super::openapi::ErrorBody),
+))]
 pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoResponse {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], state.metrics.render())
@@ -67,6 +79,12 @@ pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::I
 /// (a full or broken disk: publishes are being refused).
 const UNHEALTHY_AFTER_FAILED_COMMITS: u64 = 3;
 
+/// Liveness: 503 when the writer is not running or commits keep failing.
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, body = super::openapi::HealthBody),
+    (status = 503, body = super::openapi::HealthBody),
+    (status = 429, body = super::openapi::ErrorBody),
+))]
 pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
     let running = writer_running(&state);
     let failing = state.stats.writer_failing_commits.load(std::sync::atomic::Ordering::Relaxed);

@@ -344,3 +344,22 @@ async fn status_page_is_self_contained_html_polling_stats() {
     assert!(!html.contains("http://") && !html.contains("https://"), "no external assets");
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_spec_describes_every_route_and_docs_are_served_from_the_binary() {
+    let (app, _dir) = app().await;
+    let (status, spec) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    for path in ["/publish", "/events", "/stats", "/health", "/metrics", "/"] {
+        assert!(spec["paths"].get(path).is_some(), "{path} missing from the spec");
+    }
+    let publish = &spec["paths"]["/publish"]["post"]["responses"];
+    for code in ["200", "400", "413", "415", "422", "429", "503"] {
+        assert!(publish.get(code).is_some(), "POST /publish does not document {code}");
+    }
+    let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    let html = docs.text().await.unwrap();
+    assert!(html.contains("swagger") && !html.contains("https://"), "vendored Swagger UI");
+    app.shutdown().await;
+}
