@@ -1,12 +1,13 @@
 //! The acknowledgement of one publish request: a [`Ticket`] whose [`Progress`]
 //! only moves forward, `Claimed -> Queued -> Committed | Failed`.
 //!
-//! Who sends: the request's handler marks `Queued` after its push; the writer
-//! marks `Committed` or `Failed`; dropping a request's `ClaimSet` (handler
-//! cancelled, queue full, writer gone) marks `Failed`. Who receives: the handler
-//! itself (durable acks wait for `Committed`) and any later request holding a
-//! duplicate of a key this request claimed (its "twin"), which must not answer
-//! 200 before this one's outcome is known.
+//! Who sends: the request's handler marks `Queued` after its push; the settler
+//! marks `Committed` after the commit; the writer fails items (commit error, twin
+//! failed); dropping a request's `ClaimSet` (handler cancelled, queue full) marks
+//! `Failed`. Who receives: the handler itself (durable acks wait for `Committed`),
+//! any later request holding a duplicate of a key this request claimed (its
+//! "twin"), which must not answer 200 before this one's outcome is known, and the
+//! writer, which reads twins' progress to decide whether an item may be written.
 
 use std::sync::Arc;
 
