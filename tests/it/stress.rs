@@ -70,12 +70,12 @@ async fn ten_thousand_events_with_20_percent_duplicates_count_exactly() {
         .map(|e| (e["topic"].as_str().unwrap().to_owned(), e["event_id"].as_str().unwrap().to_owned()))
         .collect();
     assert_eq!(keys.len(), UNIQUE, "no (topic, event_id) stored twice");
-    let per_topic: usize = futures_sum(&app, 7).await;
+    let per_topic: usize = events_across_topics(&app, 7).await;
     assert_eq!(per_topic, UNIQUE);
     app.shutdown().await;
 }
 
-async fn futures_sum(app: &TestApp, topics: usize) -> usize {
+async fn events_across_topics(app: &TestApp, topics: usize) -> usize {
     let mut total = 0;
     for t in 0..topics {
         total += app.all_events(Some(&format!("topic.{t}"))).await.len();
