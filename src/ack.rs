@@ -1,13 +1,15 @@
 //! The acknowledgement of one publish request: a [`Ticket`] whose [`Progress`]
-//! only moves forward, `Claimed -> Queued -> Committed | Failed`.
+//! only moves forward, `Claimed -> Queued -> Stored | Failed`, and the
+//! [`AckMode`] that says which of those a 200 waits for.
 //!
 //! Who sends: the request's handler marks `Queued` after its push; the settler
-//! marks `Committed` after the commit; the writer fails items (commit error, twin
-//! failed); dropping a request's `ClaimSet` (handler cancelled, queue full) marks
-//! `Failed`. Who receives: the handler itself (durable acks wait for `Committed`),
-//! any later request holding a duplicate of a key this request claimed (its
-//! "twin"), which must not answer 200 before this one's outcome is known, and the
-//! writer, which reads twins' progress to decide whether an item may be written.
+//! marks `Stored` once the writer's commit holding the request returned; the writer
+//! fails items (commit error, twin failed); dropping a request's `ClaimSet`
+//! (handler cancelled, queue full) marks `Failed`. Who receives: the handler
+//! itself (durable acks wait for `Stored`), any later request holding a duplicate
+//! of a key this request claimed (its "twin"), which must not answer 200 before
+//! this one's outcome is known, and the writer, which reads twins' progress to
+//! decide whether an item may be written.
 
 use std::sync::Arc;
 
@@ -20,23 +22,36 @@ pub enum Progress {
     Claimed,
     /// In the ring buffer (or already being written).
     Queued,
-    /// On disk: the transaction holding this request's events has committed.
-    Committed,
+    /// On disk: the transaction holding this request's events has committed, and
+    /// the settler has made its keys known to the dedup state.
+    Stored,
     /// Nothing of the request was stored; its claims were released.
     Failed(FailReason),
 }
 
 impl Progress {
     pub fn is_final(self) -> bool {
-        matches!(self, Progress::Committed | Progress::Failed(_))
+        matches!(self, Progress::Stored | Progress::Failed(_))
     }
     fn rank(self) -> u8 {
         match self {
             Progress::Claimed => 0,
             Progress::Queued => 1,
-            Progress::Committed | Progress::Failed(_) => 2,
+            Progress::Stored | Progress::Failed(_) => 2,
         }
     }
+}
+
+/// When a 200 is sent (CONTRACT.md "The meaning of a 200").
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the events (or their earlier twins) are committed and fsynced.
+    Durable,
+    /// After the events are decided and queued.
+    Buffered,
 }
 
 /// Why a request could not be acknowledged. Each maps to a 503.
@@ -101,10 +116,10 @@ mod tests {
     fn progress_only_moves_forward() {
         let t = Ticket::new();
         assert!(t.advance(Progress::Queued));
-        assert!(t.advance(Progress::Committed));
+        assert!(t.advance(Progress::Stored));
         assert!(!t.advance(Progress::Failed(FailReason::Storage)));
         assert!(!t.advance(Progress::Queued));
-        assert_eq!(t.progress(), Progress::Committed);
+        assert_eq!(t.progress(), Progress::Stored);
     }
 
     #[tokio::test]

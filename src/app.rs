@@ -1,6 +1,6 @@
 //! The only wiring point: bind, open the store, rebuild the filter, start the
-//! writer, build the router, serve. Returns a [`RunningApp`] whose `shutdown`
-//! runs the ordered sequence of `shutdown`.
+//! writer and settler, build the router, serve. Returns a [`RunningApp`] whose
+//! `shutdown` runs the ordered sequence of `shutdown`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +17,8 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::queue::IngestQueue;
 use crate::stats::Stats;
-use crate::store::{Store, StoreError};
-use crate::writer::{Writer, WriterParts};
+use crate::store::{OpenDatabase, OpenError, ReadError, Recovered, Store};
+use crate::writer::WriterParts;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -27,7 +27,9 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open {path}: {source}")]
-    Store { path: String, source: StoreError },
+    Store { path: String, source: OpenError },
+    #[error("cannot read the stored keys of {path}: {source}")]
+    Rebuild { path: String, source: ReadError },
     #[error("cannot start the writer thread: {0}")]
     Writer(std::io::Error),
 }
@@ -37,11 +39,35 @@ pub enum StartError {
 pub struct RunningApp {
     /// The bound address (the real port when `api_port` was 0).
     pub addr: SocketAddr,
-    pub state: Arc<AppState>,
-    pub(crate) parts: crate::shutdown::Parts,
+    parts: crate::shutdown::Parts,
 }
 
+impl RunningApp {
+    /// Stop accepting, drain, flush and close the database, in the order
+    /// `shutdown` documents. Returns once the database file is closed.
+    pub async fn shutdown(self) {
+        crate::shutdown::run(self.parts).await;
+    }
+}
+
+/// Start the service on redb's file backend at `config.db_path`.
 pub async fn start(config: Config) -> Result<RunningApp, StartError> {
+    start_on(config, None).await
+}
+
+/// Start the service with its database opened (and, after an I/O error, reopened)
+/// by `open_database`, e.g. over a wrapped redb `StorageBackend`.
+pub async fn start_with_storage(
+    config: Config,
+    open_database: Arc<OpenDatabase>,
+) -> Result<RunningApp, StartError> {
+    start_on(config, Some(open_database)).await
+}
+
+async fn start_on(
+    config: Config,
+    open_database: Option<Arc<OpenDatabase>>,
+) -> Result<RunningApp, StartError> {
     config.validate()?;
     let addr = config.listen_addr();
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
@@ -49,19 +75,21 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
 
     let (store, recovered, dedup, loaded) = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || open_and_rebuild(&config))
+        tokio::task::spawn_blocking(move || open_and_rebuild(&config, open_database))
             .await
             .expect("open_and_rebuild does not panic")?
     };
     let store = Arc::new(store);
     let dedup = Arc::new(dedup);
     let stats = Arc::new(Stats::new(&recovered.head));
+    let metrics = Arc::new(Metrics::new());
     let queue = Arc::new(IngestQueue::new(config.queue_capacity_requests, config.queue_capacity_events));
-    let writer = Writer::spawn(WriterParts {
+    let threads = crate::writer::spawn(WriterParts {
         store: store.clone(),
         dedup: dedup.clone(),
         queue: queue.clone(),
         stats: stats.clone(),
+        metrics: metrics.clone(),
         config: config.writer(),
         head: recovered.head,
     })
@@ -75,19 +103,18 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
         hasher: KeyHasher::new(recovered.key_hash_seed),
         when_full: config.when_full(),
     };
-    let metrics = Arc::new(Metrics::new(stats.clone(), queue.clone(), dedup.clone()));
     let state = Arc::new(AppState {
         ingest,
         store: store.clone(),
-        metrics,
-        stats,
-        dedup,
+        stats: stats.clone(),
+        dedup: dedup.clone(),
         queue: queue.clone(),
+        metrics,
         limits: config.limits(),
         default_ack: config.ack_mode,
         request_timeout: config.request_timeout(),
     });
-    let router = http::router(state.clone(), config.request_timeout(), config.max_concurrent_requests);
+    let router = http::router(state, config.request_timeout(), config.max_concurrent_requests);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
@@ -96,25 +123,9 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
             })
             .await
     });
-    tracing::info!(
-        %addr,
-        db_path = %config.db_path.display(),
-        ack_mode = ?config.ack_mode,
-        keys_loaded = loaded.keys,
-        open_ms = loaded.open_ms,
-        rebuild_ms = loaded.rebuild_ms,
-        next_seq = recovered.head.next_seq,
-        filter_capacity = state.dedup.filter_capacity(),
-        recent_keys_capacity = config.recent_keys_capacity,
-        flush_interval_ms = config.flush_interval_ms,
-        writer_batch_max_events = config.writer_batch_max_events,
-        queue_capacity_events = config.queue_capacity_events,
-        max_body_bytes = config.max_body_bytes,
-        max_batch_events = config.max_batch_events,
-        "aggregator listening; dedup filter rebuilt from disk"
-    );
-    let parts = crate::shutdown::Parts { stop_tx, server, queue, writer, store };
-    Ok(RunningApp { addr, state, parts })
+    log_started(&config, addr, &recovered, &loaded, &dedup);
+    let parts = crate::shutdown::Parts { stop_tx, server, queue, threads, store, stats };
+    Ok(RunningApp { addr, parts })
 }
 
 /// What startup read from disk, for the startup log line.
@@ -126,19 +137,40 @@ struct Loaded {
 
 fn open_and_rebuild(
     config: &Config,
-) -> Result<(Store, crate::store::Recovered, Deduper, Loaded), StartError> {
+    open_database: Option<Arc<OpenDatabase>>,
+) -> Result<(Store, Recovered, Deduper, Loaded), StartError> {
     let path = config.db_path.display().to_string();
     let started = Instant::now();
+    let store_config = crate::store::StoreConfig { open_database, ..config.store() };
     let (store, recovered) =
-        Store::open_with(&config.db_path, config.db_cache_bytes(), config.index_merge_keys)
-            .map_err(|source| StartError::Store { path: path.clone(), source })?;
+        Store::open(store_config).map_err(|source| StartError::Store { path: path.clone(), source })?;
     let opened_ms = started.elapsed().as_millis();
     let rebuild_started = Instant::now();
     let dedup = Deduper::new(config.dedup(), recovered.stored_keys);
     let keys = dedup
         .rebuild(|add| store.for_each_key_hash(add))
-        .map_err(|source| StartError::Store { path, source })?;
+        .map_err(|source| StartError::Rebuild { path, source })?;
     let loaded =
         Loaded { keys, open_ms: opened_ms as u64, rebuild_ms: rebuild_started.elapsed().as_millis() as u64 };
     Ok((store, recovered, dedup, loaded))
+}
+
+fn log_started(config: &Config, addr: SocketAddr, recovered: &Recovered, loaded: &Loaded, dedup: &Deduper) {
+    tracing::info!(
+        %addr,
+        db_path = %config.db_path.display(),
+        ack_mode = ?config.ack_mode,
+        keys_loaded = loaded.keys,
+        open_ms = loaded.open_ms,
+        rebuild_ms = loaded.rebuild_ms,
+        next_seq = recovered.head.next_seq,
+        filter_capacity = dedup.filter_capacity(),
+        recent_keys_capacity = config.recent_keys_capacity,
+        flush_interval_ms = config.flush_interval_ms,
+        writer_batch_max_events = config.writer_batch_max_events,
+        queue_capacity_events = config.queue_capacity_events,
+        max_body_bytes = config.max_body_bytes,
+        max_batch_events = config.max_batch_events,
+        "aggregator listening; dedup filter rebuilt from disk"
+    );
 }

@@ -1,16 +1,19 @@
 //! Configuration: every flag has an env var and a documented unit. `Config` is
-//! plain data (tests build it as a literal with `..Config::default()`); the
-//! validated values the stages need are derived by its methods.
+//! plain data (tests build it as a literal with `..Config::default()`, which
+//! never reads the environment); the validated values the stages need are
+//! derived by its methods.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
+use crate::ack::AckMode;
 use crate::decode::Limits;
 use crate::dedup::DedupConfig;
-use crate::queue::{AckMode, WhenFull};
+use crate::queue::WhenFull;
+use crate::store::StoreConfig;
 use crate::writer::WriterConfig;
 
 /// event-aggregator: durable, deduplicating event ingestion over HTTP.
@@ -101,9 +104,13 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The documented defaults (clap also applies any of the env vars that are set).
+    /// The documented defaults, whatever the environment holds: with `API_HOST`
+    /// or `ACK_MODE` set (as the container sets them), a test built on this must
+    /// not change its behaviour silently. Only the binary reads the environment.
     fn default() -> Self {
-        Config::try_parse_from(["aggregator"]).expect("defaults parse")
+        let command = Config::command().mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(["aggregator"]).expect("the defaults parse");
+        Config::from_arg_matches(&matches).expect("the defaults are valid")
     }
 }
 
@@ -169,6 +176,13 @@ impl Config {
     }
     pub fn db_cache_bytes(&self) -> usize {
         self.db_cache_mb.saturating_mul(1024 * 1024)
+    }
+    /// The store on redb's file backend at `db_path`.
+    pub fn store(&self) -> StoreConfig {
+        StoreConfig {
+            merge_threshold: self.index_merge_keys,
+            ..StoreConfig::new(&self.db_path, self.db_cache_bytes())
+        }
     }
 }
 

@@ -5,11 +5,15 @@
 //! - **Claim.** A key enters `recent` only through [`Deduper::claim`], atomically
 //!   (entry API): of two concurrent requests with one key, exactly one claims it.
 //! - **Coverage.** Every key on disk is in the filter, or in `recent`, or both. The
-//!   writer sets filter bits after its commit and before it marks keys `Committed`.
+//!   settler sets filter bits after the writer's commit and before it marks keys
+//!   `Stored`.
 //! - **Eviction.** A key leaves `recent` only when its claim is released (nothing
-//!   of its request was stored) or, once `Committed`, by oldest-first eviction.
-//!   So a pending key is never forgotten, and an evicted key is still in the filter.
-//! - **Writers.** Only the writer thread sets filter bits and marks keys `Committed`.
+//!   of its request was stored) or, once `Stored`, by oldest-first eviction.
+//!   So an in-flight key is never forgotten, and an evicted key is still in the filter.
+//! - **Who changes what.** Handlers claim and release (through `ClaimSet`); only
+//!   the settler thread sets filter bits, marks keys `Stored` and evicts (the
+//!   writer does it on its own thread only if the settler is gone, and adds the
+//!   keys a reopen finds on disk); the startup rebuild runs before either thread starts.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +30,9 @@ use crate::event::{BuildKeyHasher, EventKey};
 #[derive(Debug, Clone)]
 pub enum Slot {
     /// Claimed by the request owning this ticket; its outcome is not known yet.
-    Pending(Arc<Ticket>),
-    /// Durable on disk.
-    Committed,
+    InFlight(Arc<Ticket>),
+    /// Durable on disk, and in the filter.
+    Stored,
 }
 
 /// The answer of [`Deduper::claim`] for one key.
@@ -39,16 +43,16 @@ pub enum Claim {
     /// Already claimed earlier in this same request.
     SameRequest,
     /// Known and durable: a duplicate decided in memory.
-    Committed,
+    Stored,
     /// Claimed by another request still in flight: a duplicate whose twin's
     /// outcome this request must share.
-    PendingTwin(Arc<Ticket>),
+    InFlightTwin(Arc<Ticket>),
 }
 
 /// Sizes of the dedup state.
 #[derive(Debug, Clone, Copy)]
 pub struct DedupConfig {
-    /// Most keys kept in the recent map (pending keys may exceed it briefly).
+    /// Most keys kept in the recent map (in-flight keys may exceed it briefly).
     pub recent_capacity: usize,
     /// Keys the Bloom filter is sized for.
     pub filter_capacity: usize,
@@ -58,7 +62,8 @@ pub struct DedupConfig {
 
 pub struct Deduper {
     recent: DashMap<EventKey, Slot, BuildKeyHasher>,
-    /// Hashes of every stored key. Readers: request handlers. Writer: the writer thread.
+    /// Hashes of every stored key. Readers: request handlers. Writers: the startup
+    /// rebuild, then the settler thread only.
     filter: RwLock<Bloom<u64>>,
     filter_items: AtomicU64,
     config: DedupConfig,
@@ -79,7 +84,7 @@ impl Deduper {
         }
     }
 
-    /// Startup rebuild, before the writer starts: `scan` calls its argument with
+    /// Startup rebuild, before the writer and settler start: `scan` calls its argument with
     /// the hash of every stored key.
     pub fn rebuild<E>(&self, scan: impl FnOnce(&mut dyn FnMut(u64)) -> Result<u64, E>) -> Result<u64, E> {
         let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
@@ -88,34 +93,35 @@ impl Deduper {
         Ok(loaded)
     }
 
-    /// Atomically claim `key` for the request holding `ticket`.
+    /// Handlers: atomically claim `key` for the request holding `ticket`.
     pub fn claim(&self, key: &EventKey, ticket: &Arc<Ticket>) -> Claim {
         match self.recent.entry(key.clone()) {
             Entry::Vacant(v) => {
-                v.insert(Slot::Pending(ticket.clone()));
+                v.insert(Slot::InFlight(ticket.clone()));
                 Claim::Won
             }
             Entry::Occupied(o) => match o.get() {
-                Slot::Committed => Claim::Committed,
-                Slot::Pending(t) if Arc::ptr_eq(t, ticket) => Claim::SameRequest,
-                Slot::Pending(t) => Claim::PendingTwin(t.clone()),
+                Slot::Stored => Claim::Stored,
+                Slot::InFlight(t) if Arc::ptr_eq(t, ticket) => Claim::SameRequest,
+                Slot::InFlight(t) => Claim::InFlightTwin(t.clone()),
             },
         }
     }
 
-    /// Which of `keys` the filter may have seen (true) or certainly has not (false).
+    /// Handlers: which of `keys` the filter may have seen (true) or certainly has not (false).
     pub fn maybe_stored(&self, keys: &[&EventKey]) -> Vec<bool> {
         let filter = self.filter.read().unwrap_or_else(|e| e.into_inner());
         keys.iter().map(|k| filter.check(&k.hash())).collect()
     }
 
-    /// Undo a claim whose request stored nothing. Only removes the slot if it is
-    /// still this ticket's, so a later claimant is never disturbed.
-    pub fn release(&self, key: &EventKey, ticket: &Arc<Ticket>) {
-        self.recent.remove_if(key, |_, slot| matches!(slot, Slot::Pending(t) if Arc::ptr_eq(t, ticket)));
+    /// `ClaimSet` drop only: undo a claim whose request stored nothing. Only removes
+    /// the slot if it is still this ticket's, so a later claimant is never disturbed.
+    fn release(&self, key: &EventKey, ticket: &Arc<Ticket>) {
+        self.recent.remove_if(key, |_, slot| matches!(slot, Slot::InFlight(t) if Arc::ptr_eq(t, ticket)));
     }
 
-    /// Writer only, after a successful commit: filter bits for the newly stored keys.
+    /// Settler only, after the writer's commit returned: filter bits for the newly
+    /// stored keys, before any of them is marked `Stored`.
     pub fn add_to_filter<'a>(&self, new_keys: impl Iterator<Item = &'a EventKey>) {
         let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
         let mut n = 0;
@@ -126,21 +132,30 @@ impl Deduper {
         self.filter_items.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Writer only, after [`Self::add_to_filter`]: the key is durable.
-    pub fn mark_committed(&self, key: &EventKey) {
+    /// Writer only, after reopening the database: hashes of keys found on disk
+    /// from a commit that was reported as failed (coverage holds for them too).
+    pub fn add_hashes(&self, hashes: &[u64]) {
+        let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
+        hashes.iter().for_each(|h| filter.set(h));
+        self.filter_items.fetch_add(hashes.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Settler only (through [`ClaimSet::mark_stored`]), after [`Self::add_to_filter`]:
+    /// the key is durable.
+    fn mark_stored(&self, key: &EventKey) {
         if let Some(mut slot) = self.recent.get_mut(key) {
-            *slot = Slot::Committed;
+            *slot = Slot::Stored;
         }
     }
 
-    /// Writer only: forget committed keys, oldest first, until the map is within
-    /// its capacity. `order` holds keys in commit order; pending keys are skipped
-    /// by `remove_if` and simply left in the map.
+    /// Settler only, after each batch: forget stored keys, oldest first, until the
+    /// map is within its capacity. `order` holds keys in commit order; in-flight
+    /// keys are skipped by `remove_if` and simply left in the map.
     pub fn evict(&self, order: &mut VecDeque<EventKey>) {
         let mut excess = self.recent.len().saturating_sub(self.config.recent_capacity);
         while excess > 0 {
             let Some(key) = order.pop_front() else { break };
-            if self.recent.remove_if(&key, |_, s| matches!(s, Slot::Committed)).is_some() {
+            if self.recent.remove_if(&key, |_, s| matches!(s, Slot::Stored)).is_some() {
                 excess -= 1;
             }
         }
@@ -160,9 +175,10 @@ impl Deduper {
     }
 }
 
-/// The keys one request claimed. Dropping it without [`ClaimSet::commit`] releases
-/// every claim and fails the ticket, so a cancelled or refused request can never
-/// leave a key stuck as pending.
+/// The keys one request claimed. Dropping it without [`ClaimSet::mark_stored`]
+/// releases every claim and fails the ticket, so a cancelled or refused request can
+/// never leave a key stuck in flight. Built by the handler, carried in the queued
+/// request, and settled by the settler (stored) or the writer (failed).
 pub struct ClaimSet {
     dedup: Arc<Deduper>,
     ticket: Arc<Ticket>,
@@ -185,18 +201,20 @@ impl ClaimSet {
         &self.keys
     }
 
-    /// Writer only, after commit and filter update: keys become `Committed`, the
-    /// ticket `Committed`. Returns the keys for the eviction order.
-    pub fn commit(mut self) -> Vec<EventKey> {
+    /// Settler only, after the commit and [`Deduper::add_to_filter`]: the keys become
+    /// `Stored`, then the ticket `Stored` (the ack). Returns the keys for the
+    /// eviction order.
+    pub fn mark_stored(mut self) -> Vec<EventKey> {
         for key in &self.keys {
-            self.dedup.mark_committed(key);
+            self.dedup.mark_stored(key);
         }
-        self.ticket.advance(Progress::Committed);
+        self.ticket.advance(Progress::Stored);
         self.settled = true;
         std::mem::take(&mut self.keys)
     }
 
-    /// Release every claim and fail the ticket with `reason`.
+    /// Writer or queue (a refused push): release every claim and fail the ticket
+    /// with `reason`.
     pub fn fail(mut self, reason: FailReason) {
         self.fail_reason = reason;
         // Drop does the work.
@@ -235,7 +253,7 @@ mod tests {
         assert!(matches!(d.claim(&key("1"), &a), Claim::Won));
         assert!(matches!(d.claim(&key("1"), &a), Claim::SameRequest));
         match d.claim(&key("1"), &b) {
-            Claim::PendingTwin(t) => assert!(Arc::ptr_eq(&t, &a)),
+            Claim::InFlightTwin(t) => assert!(Arc::ptr_eq(&t, &a)),
             other => panic!("{other:?}"),
         }
     }
@@ -258,20 +276,20 @@ mod tests {
         let (a, b) = (Ticket::new(), Ticket::new());
         d.claim(&key("1"), &b);
         d.release(&key("1"), &a);
-        assert!(matches!(d.claim(&key("1"), &a), Claim::PendingTwin(_)));
+        assert!(matches!(d.claim(&key("1"), &a), Claim::InFlightTwin(_)));
     }
 
     #[test]
-    fn committed_keys_are_in_the_filter_and_decided_in_memory() {
+    fn stored_keys_are_in_the_filter_and_decided_in_memory() {
         let d = dedup(10);
         let a = Ticket::new();
         let mut set = ClaimSet::new(d.clone(), a.clone());
         d.claim(&key("1"), &a);
         set.push(key("1"));
         d.add_to_filter(set.keys().iter());
-        set.commit();
-        assert_eq!(a.progress(), Progress::Committed);
-        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Committed));
+        set.mark_stored();
+        assert_eq!(a.progress(), Progress::Stored);
+        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Stored));
         assert_eq!(d.maybe_stored(&[&key("1"), &key("2")]), vec![true, false]);
     }
 
@@ -297,7 +315,7 @@ mod tests {
     }
 
     #[test]
-    fn eviction_takes_only_committed_keys_oldest_first() {
+    fn eviction_takes_only_stored_keys_oldest_first() {
         let d = dedup(2);
         let pending = Ticket::new();
         d.claim(&key("p"), &pending);
@@ -308,12 +326,12 @@ mod tests {
             d.claim(&key(id), &t);
             set.push(key(id));
             d.add_to_filter(set.keys().iter());
-            order.extend(set.commit());
+            order.extend(set.mark_stored());
         }
         d.evict(&mut order);
         assert_eq!(d.recent_len(), 2);
-        assert!(matches!(d.claim(&key("p"), &Ticket::new()), Claim::PendingTwin(_)));
-        assert!(matches!(d.claim(&key("3"), &Ticket::new()), Claim::Committed));
+        assert!(matches!(d.claim(&key("p"), &Ticket::new()), Claim::InFlightTwin(_)));
+        assert!(matches!(d.claim(&key("3"), &Ticket::new()), Claim::Stored));
         // Evicted keys are still known to the filter, so they go to the disk check.
         assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won));
         assert_eq!(d.maybe_stored(&[&key("1")]), vec![true]);

@@ -9,14 +9,13 @@
 //! the queued item) releases its claims or the writer settles them.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
-use crate::ack::{FailReason, Progress, Ticket};
+use crate::ack::{AckMode, FailReason, Progress, Ticket};
 use crate::dedup::{Claim, ClaimSet, Deduper};
 use crate::event::{Event, EventKey, KeyHasher};
-use crate::queue::{AckMode, IngestQueue, NewRecord, Pending, WhenFull};
-use crate::stats::Stats;
-use crate::store::{Store, StoreError, codec};
+use crate::queue::{IngestQueue, NewRecord, QueuedRequest, WhenFull};
+use crate::stats::{DedupTally, Stats};
+use crate::store::{ReadError, Store, codec};
 
 /// The result of an acknowledged request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +32,7 @@ pub enum IngestError {
     #[error(transparent)]
     Unavailable(#[from] FailReason),
     #[error("disk check failed: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] ReadError),
     #[error("disk check task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -70,8 +69,10 @@ impl Ingest {
             .unzip();
         let ticket = Ticket::new();
         let mut claims = ClaimSet::new(self.dedup.clone(), ticket.clone());
-        let (mut decisions, twins) = self.claim_all(&keys, &ticket, &mut claims);
-        self.check_on_disk(&keys, &mut decisions).await?;
+        let mut tally = DedupTally::default();
+        let (mut decisions, twins) = self.claim_all(&keys, &ticket, &mut claims, &mut tally);
+        self.check_on_disk(&keys, &mut decisions, &mut tally).await?;
+        self.stats.dedup_decided(&tally);
 
         let mut records = Vec::new();
         let mut duplicate_indices = Vec::new();
@@ -83,10 +84,10 @@ impl Ingest {
         }
         let outcome = Outcome { received, stored: records.len(), duplicate_indices };
         let duplicates = outcome.duplicate_indices.len() as u64;
-        let item = Pending { records, duplicates, twins: twins.clone(), claims, ack };
+        let item = QueuedRequest { records, duplicates, twins: twins.clone(), claims, ack };
         if let Err(reason) = self.queue.push(item, self.when_full).await {
             if reason == FailReason::QueueFull {
-                self.stats.rejected_queue_full.fetch_add(1, Relaxed);
+                self.stats.queue_full();
             }
             return Err(reason.into());
         }
@@ -102,6 +103,7 @@ impl Ingest {
         keys: &[EventKey],
         ticket: &Arc<Ticket>,
         claims: &mut ClaimSet,
+        tally: &mut DedupTally,
     ) -> (Vec<Decision>, Vec<Arc<Ticket>>) {
         let mut decisions = Vec::with_capacity(keys.len());
         let mut twins: Vec<Arc<Ticket>> = Vec::new();
@@ -114,8 +116,8 @@ impl Ingest {
                     won.push(decisions.len());
                     Decision::New
                 }
-                Claim::SameRequest | Claim::Committed => Decision::Duplicate,
-                Claim::PendingTwin(twin) => {
+                Claim::SameRequest | Claim::Stored => Decision::Duplicate,
+                Claim::InFlightTwin(twin) => {
                     if !twins.iter().any(|t| Arc::ptr_eq(t, &twin)) {
                         twins.push(twin);
                     }
@@ -135,13 +137,18 @@ impl Ingest {
                 negatives += 1;
             }
         }
-        self.stats.duplicates_in_memory.fetch_add(in_memory, Relaxed);
-        self.stats.filter_negatives.fetch_add(negatives, Relaxed);
+        tally.in_memory = in_memory;
+        tally.filter_negatives = negatives;
         (decisions, twins)
     }
 
     /// Resolve every `Check` with one read transaction on a blocking thread.
-    async fn check_on_disk(&self, keys: &[EventKey], decisions: &mut [Decision]) -> Result<(), IngestError> {
+    async fn check_on_disk(
+        &self,
+        keys: &[EventKey],
+        decisions: &mut [Decision],
+        tally: &mut DedupTally,
+    ) -> Result<(), IngestError> {
         let to_check: Vec<usize> = (0..keys.len()).filter(|&i| decisions[i] == Decision::Check).collect();
         if to_check.is_empty() {
             return Ok(());
@@ -154,8 +161,8 @@ impl Ingest {
             decisions[i] = if found { Decision::Duplicate } else { Decision::New };
             on_disk += u64::from(found);
         }
-        self.stats.duplicates_on_disk.fetch_add(on_disk, Relaxed);
-        self.stats.filter_false_positives.fetch_add(to_check.len() as u64 - on_disk, Relaxed);
+        tally.on_disk = on_disk;
+        tally.false_positives = to_check.len() as u64 - on_disk;
         Ok(())
     }
 

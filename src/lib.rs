@@ -2,6 +2,14 @@
 //! duplicates that at-least-once delivery produces, stores every unique event
 //! durably, and serves them back per topic.
 //!
+//! # Using the library
+//! [`start`] binds, opens the database, rebuilds the dedup filter and serves,
+//! returning a [`RunningApp`] whose `shutdown` runs the ordered stop; [`Config`]
+//! is plain data (every flag of the `aggregator` binary). [`start_with_storage`]
+//! does the same over a redb backend of the caller's (tests inject storage faults
+//! this way). [`api`] holds the HTTP wire types, for clients such as the
+//! `publisher` binary. Nothing else is public; [`internals`] is not an API.
+//!
 //! # Data path
 //! ```text
 //! POST /publish ─▶ http::publish ─▶ decode (shape, limits, rules; all or nothing)
@@ -9,38 +17,66 @@
 //!                          └─ filter hit ─▶ exact check in store (blocking thread)
 //!               ─▶ queue (bounded ArrayQueue, one item per request)
 //!               ─▶ writer thread: one redb transaction per batch, commit
-//!               ─▶ settler thread: filter bits, keys Committed, acks, eviction
+//!               ─▶ settler thread: filter bits, keys Stored, acks, eviction
 //! GET /events   ─▶ http::events ─▶ store::read_page (read transaction, MVCC)
 //! ```
 //! See `docs/design.md` for the invariants and where each one lives.
 //!
-//! # Modules
-//! - [`config`]: flags and env vars, validated values for each stage.
-//! - [`app`]: wiring; [`shutdown`]: the ordered stop.
-//! - [`http`]: router, handlers, `ApiError`.
-//! - [`decode`]: bodies to validated [`event::Event`]s; [`event`]: the model and rules.
-//! - [`dedup`]: recent-key map and Bloom filter; [`ack`]: per-request tickets.
-//! - [`ingest`]: the publish path; [`queue`]: the ring buffer; [`writer`]: group commit;
-//!   [`settler`]: acks and in-memory bookkeeping after each commit.
-//! - [`store`]: redb tables, codec, reads; [`stats`]: counters; [`metrics`]: `/metrics`.
-//! - [`publisher`]: the load simulator behind the `publisher` binary.
+//! # Modules (private)
+//! - `config`: flags and env vars, validated values for each stage.
+//! - `app`: wiring; `shutdown`: the ordered stop.
+//! - `http`: router, guard, one file per endpoint with its wire types, `ApiError`.
+//! - `decode`: bodies to validated events (content, wire shapes, rules);
+//!   `event`: the model and its rules.
+//! - `dedup`: recent-key map and Bloom filter; `ack`: per-request tickets, ack modes.
+//! - `ingest`: the publish path; `queue`: the ring buffer; `writer`: group
+//!   commit; `settler`: filter bits, acks and eviction after each commit.
+//! - `store`: redb tables, codec, open/write/read; `stats`: the figures, as
+//!   events; `metrics`: `/metrics` and its histograms.
 
-pub mod ack;
-pub mod app;
-pub mod config;
-pub mod decode;
-pub mod dedup;
-pub mod event;
-pub mod http;
-pub mod ingest;
-pub mod metrics;
-pub mod publisher;
-pub mod queue;
-pub mod settler;
-pub mod shutdown;
-pub mod stats;
-pub mod store;
-pub mod writer;
+mod ack;
+mod app;
+mod config;
+mod decode;
+mod dedup;
+mod event;
+mod http;
+mod ingest;
+mod metrics;
+mod queue;
+mod settler;
+mod shutdown;
+mod stats;
+mod store;
+mod writer;
 
-pub use app::{RunningApp, StartError, start};
+pub use ack::AckMode;
+pub use app::{RunningApp, StartError, start, start_with_storage};
 pub use config::Config;
+pub use store::OpenDatabase;
+
+/// The HTTP wire types: what each endpoint takes and returns, as its handler
+/// does. Responses deserialize too (borrowing where they can).
+pub mod api {
+    pub use crate::ack::AckMode;
+    pub use crate::http::{
+        Accepted, ErrorBody, ErrorItem, EventIn, EventOut, EventsPage, EventsWrapper, Health, HealthBody,
+        PublishBody, PublishResponse, RETRY_AFTER_SECS, StatsBody,
+    };
+    pub use crate::stats::{Counter, DedupStats, Gauge, WriterStats};
+}
+
+/// Not an API: the stage types `benches/stages` drives directly, one stage at a
+/// time. Nothing here is stable, and the server never needs it.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::ack::Ticket;
+    pub use crate::decode::{BodyFormat, Limits, decode};
+    pub use crate::dedup::{Claim, ClaimSet, DedupConfig, Deduper};
+    pub use crate::event::{EventKey, KeyHasher};
+    pub use crate::metrics::Metrics;
+    pub use crate::queue::{IngestQueue, NewRecord, QueuedRequest, WhenFull};
+    pub use crate::stats::Stats;
+    pub use crate::store::{Head, Recovered, Row, Store, StoreConfig, codec, schema};
+    pub use crate::writer::{Round, Writer, WriterConfig, WriterParts};
+}

@@ -1,11 +1,12 @@
 //! The bounded ring buffer between request handlers and the writer.
 //!
 //! Many producers (handlers, via [`IngestQueue::push`]), exactly one consumer (the
-//! writer thread, via [`IngestQueue::pop`] and [`IngestQueue::release`]). One item
-//! per request. Two bounds: ring slots (items) and an event budget (events
-//! queued or being written), so memory stays bounded whatever the batch sizes.
-//! The budget of an item is returned by the writer only when the item's outcome
-//! is final, so a slow or failing disk turns into backpressure, then 503.
+//! writer thread, via [`IngestQueue::pop`]). One item per request. Two bounds: ring
+//! slots (items) and an event budget (events queued or being written), so memory
+//! stays bounded whatever the batch sizes. The budget of an item comes back
+//! ([`IngestQueue::release`]) only when the item's outcome is final: from the
+//! settler once its commit is settled, from the writer when it fails the item. So
+//! a slow or failing disk turns into backpressure, then 503.
 //!
 //! Closing: after [`IngestQueue::close`] every push fails with `Closed`; the writer
 //! drains what is left and exits. The shutdown sequence closes the queue only after
@@ -19,12 +20,12 @@ use std::time::Duration;
 use crossbeam::queue::ArrayQueue;
 use tokio::sync::Notify;
 
-use crate::ack::FailReason;
+use crate::ack::{AckMode, FailReason};
 use crate::dedup::ClaimSet;
 use crate::event::EventKey;
 
 /// What a handler hands the writer: one request's decided events.
-pub struct Pending {
+pub struct QueuedRequest {
     /// New events, in request order: key plus the encoded record.
     pub records: Vec<NewRecord>,
     /// Events of the request that were duplicates.
@@ -38,7 +39,7 @@ pub struct Pending {
     pub ack: AckMode,
 }
 
-impl Pending {
+impl QueuedRequest {
     /// Budget units: one per event stored, and one for the item itself.
     pub fn cost(&self) -> usize {
         self.records.len() + 1
@@ -52,18 +53,6 @@ pub struct NewRecord {
     pub bytes: Vec<u8>,
 }
 
-/// When a 200 is sent (CONTRACT.md "The meaning of a 200").
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// After the events (or their earlier twins) are committed and fsynced.
-    Durable,
-    /// After the events are decided and queued.
-    Buffered,
-}
-
 /// What a handler does when the queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenFull {
@@ -74,15 +63,17 @@ pub enum WhenFull {
 }
 
 pub struct IngestQueue {
-    ring: ArrayQueue<Pending>,
-    /// Budget units held by items queued or being written. Writer releases.
+    ring: ArrayQueue<QueuedRequest>,
+    /// Budget units held by items queued or being written. Handlers reserve in
+    /// `push`; the settler and the writer give back in `release`.
     in_flight: AtomicUsize,
     max_in_flight: usize,
     closed: AtomicBool,
-    /// Notified by the writer whenever it releases budget; handlers waiting for room
+    /// Notified on every `release`; handlers waiting for room
     /// listen. Dropping the queue drops waiters' futures, never signals them.
     room: Notify,
-    /// The writer thread, unparked after each push so an idle writer starts at once.
+    /// The writer thread, unparked after each push (and by the settler after each
+    /// batch) so an idle writer starts at once. Set once by the writer thread.
     writer: OnceLock<Thread>,
 }
 
@@ -105,7 +96,7 @@ impl IngestQueue {
 
     /// Push one request's item, waiting for room as `when_full` says. On refusal
     /// the item is dropped, which releases its claims.
-    pub async fn push(&self, item: Pending, when_full: WhenFull) -> Result<(), FailReason> {
+    pub async fn push(&self, item: QueuedRequest, when_full: WhenFull) -> Result<(), FailReason> {
         let deadline = match when_full {
             WhenFull::Reject => None,
             WhenFull::Wait(d) => Some(tokio::time::Instant::now() + d),
@@ -129,7 +120,7 @@ impl IngestQueue {
         }
     }
 
-    fn try_push(&self, item: Pending) -> Result<(), (Pending, FailReason)> {
+    fn try_push(&self, item: QueuedRequest) -> Result<(), (QueuedRequest, FailReason)> {
         if self.closed.load(Ordering::Acquire) {
             return Err((item, FailReason::ShuttingDown));
         }
@@ -143,9 +134,7 @@ impl IngestQueue {
         }
         match self.ring.push(item) {
             Ok(()) => {
-                if let Some(w) = self.writer.get() {
-                    w.unpark();
-                }
+                self.wake_writer();
                 Ok(())
             }
             Err(item) => {
@@ -156,21 +145,29 @@ impl IngestQueue {
     }
 
     /// Writer only.
-    pub fn pop(&self) -> Option<Pending> {
+    pub fn pop(&self) -> Option<QueuedRequest> {
         self.ring.pop()
     }
 
-    /// Writer only: an item's outcome is final; give back its budget.
+    /// Settler (items it settled) or writer (items it failed): those items'
+    /// outcomes are final; give back their budget.
     pub fn release(&self, cost: usize) {
         self.in_flight.fetch_sub(cost, Ordering::AcqRel);
         self.room.notify_waiters();
     }
 
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Wake the writer if it sleeps: new work, a closed queue, or (settler) a
+    /// settled batch that held items may have been waiting for.
+    pub fn wake_writer(&self) {
         if let Some(w) = self.writer.get() {
             w.unpark();
         }
+    }
+
+    /// Shutdown only, once the HTTP server has drained its handlers.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.wake_writer();
     }
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
@@ -188,7 +185,7 @@ impl IngestQueue {
     }
 }
 
-fn fail(item: Pending, reason: FailReason) -> FailReason {
+fn fail(item: QueuedRequest, reason: FailReason) -> FailReason {
     item.claims.fail(reason);
     reason
 }

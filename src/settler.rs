@@ -1,32 +1,37 @@
-//! The settler: the second half of a group commit, on its own thread, so the
-//! writer can begin the next transaction while this one's requests are settled.
+//! The settler: a thread of its own that finishes each batch after the writer's
+//! commit returned, so the writer's serial path only writes and commits.
 //!
-//! Receives from the writer each committed batch, in commit order (bounded
-//! channel: a slow settler holds the writer back, never the reverse). For each
-//! batch, in this order: set the filter bits of the new keys, bump the counters,
-//! mark every claimed key `Committed` and every ticket `Committed` (the acks),
-//! return the queue budget, evict old committed keys. The order is the dedup
-//! "coverage" invariant: a key is in the filter before it can leave the recent map,
-//! and counted before any client can see its 200.
-//! The channel closing (writer gone) ends the thread after the last batch.
+//! For each [`CommittedBatch`], in this order:
+//! 1. set the filter bits of the batch's new keys (dedup "coverage");
+//! 2. count the batch (`Stats::batch_committed`, the commit histograms);
+//! 3. mark every claimed key `Stored`, then each ticket `Stored`: the acks;
+//! 4. give the items' budget back to the queue;
+//! 5. evict the oldest stored keys past the recent map's capacity;
+//! 6. wake the writer: items held for a twin of this batch may go ahead.
+//!
+//! Step 1 comes before step 3, so a duplicate decided in memory, or by the
+//! filter, is never missed once any client can see its 200.
+//!
+//! Channel: the writer holds the only [`Sender`]; this thread the [`Receiver`].
+//! The writer drops its sender when it exits, which ends this thread after the
+//! last batch; the shutdown sequence joins it right after the writer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle, Thread};
+use std::thread::{self, JoinHandle};
 
 use crossbeam::channel::{Receiver, Sender};
 
 use crate::dedup::Deduper;
 use crate::event::EventKey;
-use crate::queue::{IngestQueue, Pending};
-use crate::stats::Stats;
+use crate::metrics::Metrics;
+use crate::queue::{IngestQueue, QueuedRequest};
+use crate::stats::{BatchCommitted, Stats};
 
-/// One committed transaction's worth of requests.
-pub struct Committed {
-    pub items: Vec<Pending>,
-    pub unique: u64,
-    pub duplicates: u64,
-    pub commit_us: u64,
+/// The requests of one transaction whose commit returned `Ok`.
+pub struct CommittedBatch {
+    pub items: Vec<QueuedRequest>,
+    pub figures: BatchCommitted,
 }
 
 /// Committed batches the writer may run ahead of the settler.
@@ -36,57 +41,127 @@ pub struct Settler {
     dedup: Arc<Deduper>,
     queue: Arc<IngestQueue>,
     stats: Arc<Stats>,
-    /// Woken after each batch: items held for a twin may now go ahead.
-    writer: Thread,
-    /// Committed keys, oldest first, for recent-map eviction.
+    metrics: Arc<Metrics>,
+    /// Stored keys, oldest first, for recent-map eviction. Only this settler
+    /// (thread, or the writer's fallback copy) pushes and pops.
     eviction_order: VecDeque<EventKey>,
 }
 
 impl Settler {
-    /// Start the settler thread; the writer keeps the sender.
-    pub fn spawn(
+    pub fn new(
         dedup: Arc<Deduper>,
         queue: Arc<IngestQueue>,
         stats: Arc<Stats>,
-        writer: Thread,
-    ) -> std::io::Result<(Sender<Committed>, JoinHandle<()>)> {
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Settler { dedup, queue, stats, metrics, eviction_order: VecDeque::new() }
+    }
+
+    /// Start the settler thread; the caller hands the sender to the writer.
+    pub fn spawn(self) -> std::io::Result<(Sender<CommittedBatch>, JoinHandle<()>)> {
         let (tx, rx) = crossbeam::channel::bounded(CHANNEL_BATCHES);
-        let settler = Settler { dedup, queue, stats, writer, eviction_order: VecDeque::new() };
-        let handle = thread::Builder::new().name("settler".into()).spawn(move || settler.run(rx))?;
+        let handle = thread::Builder::new().name("settler".into()).spawn(move || self.run(rx))?;
         Ok((tx, handle))
     }
 
-    fn run(mut self, rx: Receiver<Committed>) {
+    fn run(mut self, rx: Receiver<CommittedBatch>) {
         for batch in rx {
             self.settle(batch);
         }
     }
 
-    fn settle(&mut self, batch: Committed) {
-        let order = &mut self.eviction_order;
-        settle_batch(&self.dedup, &self.queue, &self.stats, batch, |keys| order.extend(keys));
+    /// The steps of the module doc for one batch. Also the writer's fallback, on
+    /// its own thread, should the settler thread be gone.
+    pub fn settle(&mut self, batch: CommittedBatch) {
+        let CommittedBatch { items, figures } = batch;
+        self.dedup.add_to_filter(items.iter().flat_map(|p| p.records.iter().map(|r| &r.key)));
+        self.stats.batch_committed(&figures);
+        self.metrics.batch_committed(&figures);
+        let mut released = 0;
+        for item in items {
+            released += item.cost();
+            self.eviction_order.extend(item.claims.mark_stored());
+        }
+        self.queue.release(released);
         self.dedup.evict(&mut self.eviction_order);
-        self.writer.unpark();
+        self.queue.wake_writer();
     }
 }
 
-/// The settling steps for one batch, in the order the module doc gives; the
-/// committed keys of each item go to `committed_keys` (for the eviction order).
-/// Also the writer's fallback, on its own thread, should the settler be gone.
-pub fn settle_batch(
-    dedup: &Deduper,
-    queue: &IngestQueue,
-    stats: &Stats,
-    batch: Committed,
-    mut committed_keys: impl FnMut(Vec<EventKey>),
-) {
-    let Committed { items, unique, duplicates, commit_us } = batch;
-    dedup.add_to_filter(items.iter().flat_map(|p| p.records.iter().map(|r| &r.key)));
-    stats.batch_committed(unique, duplicates, commit_us);
-    let mut released = 0;
-    for item in items {
-        released += item.cost();
-        committed_keys(item.claims.commit());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::{AckMode, Progress, Ticket};
+    use crate::dedup::{Claim, ClaimSet, DedupConfig};
+    use crate::event::KeyHasher;
+    use crate::queue::{NewRecord, WhenFull};
+
+    struct Rig {
+        dedup: Arc<Deduper>,
+        queue: Arc<IngestQueue>,
+        stats: Arc<Stats>,
+        settler: Settler,
     }
-    queue.release(released);
+
+    fn rig(recent_capacity: usize) -> Rig {
+        let config = DedupConfig { recent_capacity, filter_capacity: 1000, filter_fp_rate: 0.01 };
+        let dedup = Arc::new(Deduper::new(config, 0));
+        let queue = Arc::new(IngestQueue::new(16, 1000));
+        let stats = Arc::new(Stats::new(&crate::store::Head::default()));
+        let settler = Settler::new(dedup.clone(), queue.clone(), stats.clone(), Arc::new(Metrics::new()));
+        Rig { dedup, queue, stats, settler }
+    }
+
+    fn key(id: &str) -> EventKey {
+        EventKey::new(KeyHasher::new(1), "t", id)
+    }
+
+    /// A request claiming `ids` as new, pushed so its budget is held like a real one.
+    fn queued(rig: &Rig, ticket: &Arc<Ticket>, ids: &[&str]) -> QueuedRequest {
+        let mut claims = ClaimSet::new(rig.dedup.clone(), ticket.clone());
+        let records = ids
+            .iter()
+            .map(|id| {
+                assert!(matches!(rig.dedup.claim(&key(id), ticket), Claim::Won));
+                claims.push(key(id));
+                NewRecord { key: key(id), bytes: Vec::new() }
+            })
+            .collect();
+        let item = QueuedRequest { records, duplicates: 1, twins: Vec::new(), claims, ack: AckMode::Durable };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(rig.queue.push(item, WhenFull::Reject)).expect("room");
+        rig.queue.pop().expect("just pushed")
+    }
+
+    fn batch(items: Vec<QueuedRequest>, unique: u64) -> CommittedBatch {
+        CommittedBatch { items, figures: BatchCommitted { unique, duplicates: 1, commit_us: 10 } }
+    }
+
+    #[test]
+    fn settling_acks_every_request_after_its_keys_are_known() {
+        let mut rig = rig(100);
+        let (a, b) = (Ticket::new(), Ticket::new());
+        let items = vec![queued(&rig, &a, &["1", "2"]), queued(&rig, &b, &["3"])];
+        assert_eq!(rig.queue.in_flight(), 5, "3 events + 2 items");
+        rig.settler.settle(batch(items, 3));
+        assert_eq!((a.progress(), b.progress()), (Progress::Stored, Progress::Stored));
+        assert!(matches!(rig.dedup.claim(&key("2"), &Ticket::new()), Claim::Stored));
+        assert_eq!(rig.dedup.maybe_stored(&[&key("1"), &key("3"), &key("4")]), vec![true, true, false]);
+        assert_eq!(rig.queue.in_flight(), 0, "budget given back");
+        assert_eq!(rig.stats.counts(), (4, 3, 1));
+    }
+
+    #[test]
+    fn settling_evicts_the_oldest_stored_keys_past_capacity() {
+        let mut rig = rig(2);
+        for (n, id) in ["1", "2", "3"].into_iter().enumerate() {
+            let t = Ticket::new();
+            let item = queued(&rig, &t, &[id]);
+            rig.settler.settle(batch(vec![item], 1));
+            assert_eq!(rig.dedup.recent_len(), (n + 1).min(2));
+        }
+        // "1" went first; it is still in the filter, so it goes to the disk check.
+        assert!(matches!(rig.dedup.claim(&key("1"), &Ticket::new()), Claim::Won));
+        assert!(matches!(rig.dedup.claim(&key("3"), &Ticket::new()), Claim::Stored));
+    }
 }

@@ -1,56 +1,68 @@
 //! The ordered shutdown. Each step finishes before the next starts:
 //! 1. Stop accepting connections (signal axum's graceful shutdown).
-//! 2. axum drains in-flight handlers. The writer is still alive, so the acks they
-//!    wait for still arrive; the request timeout bounds this step.
-//! 3. Close the queue. The writer drains it, commits, and exits.
+//! 2. axum drains in-flight handlers. The writer and the settler are still alive,
+//!    so the acks those handlers wait for still arrive; the request timeout
+//!    bounds this step.
+//! 3. Close the queue. The writer drains it, commits, and exits, dropping its
+//!    end of the settler's channel.
 //! 4. Join the writer thread.
-//! 5. Drop the `Database`, which releases the file lock.
+//! 5. Join the settler thread: it has settled every committed batch (filter
+//!    bits, counters, acks) and seen its channel close.
+//! 6. Drop the `Database`, which releases the file lock.
 //!
-//! Done means joined handles, never sleeps.
+//! Done means joined handles, never sleeps. Called by `RunningApp::shutdown`.
 
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::app::RunningApp;
 use crate::queue::IngestQueue;
+use crate::stats::Stats;
 use crate::store::Store;
+use crate::writer::WriterThreads;
 
-/// What `shutdown` needs to stop, in order.
+/// What the sequence stops, in order.
 pub(crate) struct Parts {
     /// Sending (or dropping) tells axum to stop accepting and drain.
     pub stop_tx: oneshot::Sender<()>,
     pub server: JoinHandle<std::io::Result<()>>,
     pub queue: Arc<IngestQueue>,
-    pub writer: std::thread::JoinHandle<()>,
+    pub threads: WriterThreads,
+    /// Dropped last; the handlers' state holds other clones until step 2 ends.
     pub store: Arc<Store>,
+    pub stats: Arc<Stats>,
 }
 
-impl RunningApp {
-    /// Run the shutdown sequence. Returns once the database file is closed (or, if a
-    /// stray reader still holds it, once that reader finishes).
-    pub async fn shutdown(self) {
-        let RunningApp { state, parts, .. } = self;
-        let Parts { stop_tx, server, queue, writer, store } = parts;
-        let _ = stop_tx.send(());
-        match server.await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "server error during shutdown"),
-            Err(error) => tracing::error!(%error, "server task failed"),
-        }
-        queue.close();
-        let joined = tokio::task::spawn_blocking(move || writer.join()).await;
-        if !matches!(joined, Ok(Ok(()))) {
-            tracing::error!("the writer thread panicked; unacknowledged requests were not stored");
-        }
-        let (received, unique_processed, duplicate_dropped) = state.stats.counts();
-        tracing::info!(received, unique_processed, duplicate_dropped, "writer flushed and stopped");
-        drop(state);
-        match Arc::into_inner(store) {
-            Some(store) => drop(store),
-            None => tracing::warn!("a reader still holds the database; it closes when that reader ends"),
-        }
-        tracing::info!("shutdown complete");
+/// Run the sequence. Returns once the database file is closed (or, if a stray
+/// reader still holds it, once that reader finishes).
+pub(crate) async fn run(parts: Parts) {
+    let Parts { stop_tx, server, queue, threads, store, stats } = parts;
+    // Steps 1 and 2.
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "server error during shutdown"),
+        Err(error) => tracing::error!(%error, "server task failed"),
     }
+    // Step 3.
+    queue.close();
+    // Steps 4 and 5, off the executor: joins block.
+    let WriterThreads { writer, settler } = threads;
+    let joined = tokio::task::spawn_blocking(move || (writer.join().is_ok(), settler.join().is_ok())).await;
+    match joined {
+        Ok((true, true)) => {}
+        Ok((writer_ok, _)) if !writer_ok => {
+            tracing::error!("the writer thread panicked; unacknowledged requests were not stored")
+        }
+        _ => tracing::error!("the settler thread panicked"),
+    }
+    let (received, unique_processed, duplicate_dropped) = stats.counts();
+    tracing::info!(received, unique_processed, duplicate_dropped, "writer flushed and stopped");
+    // Step 6.
+    match Arc::into_inner(store) {
+        Some(store) => drop(store),
+        None => tracing::warn!("a reader still holds the database; it closes when that reader ends"),
+    }
+    tracing::info!("shutdown complete");
 }

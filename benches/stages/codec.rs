@@ -1,8 +1,8 @@
 //! bincode encode/decode of one record.
 
 use criterion::{Criterion, Throughput, criterion_group};
-use event_aggregator::event::KeyHasher;
-use event_aggregator::store::codec;
+use event_aggregator::internals::KeyHasher;
+use event_aggregator::internals::codec;
 
 use crate::fixtures;
 

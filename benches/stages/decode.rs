@@ -1,7 +1,7 @@
 //! Validation + decoding of a 1000-event body, as a JSON array and as NDJSON.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use event_aggregator::decode::{self, BodyFormat, Limits};
+use event_aggregator::internals::{BodyFormat, Limits};
 
 use crate::fixtures;
 
@@ -12,7 +12,10 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1000));
     for (name, format, body) in [("json", BodyFormat::Json, &json), ("ndjson", BodyFormat::Ndjson, &ndjson)] {
         group.bench_with_input(BenchmarkId::new(name, 1000), body, |b, body| {
-            b.iter(|| decode::decode(format, body, &limits, "2026-11-21T00:00:00Z").expect("valid"))
+            b.iter(|| {
+                event_aggregator::internals::decode(format, body, &limits, "2026-11-21T00:00:00Z")
+                    .expect("valid")
+            })
         });
     }
     group.finish();

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
-use event_aggregator::ack::Ticket;
-use event_aggregator::dedup::{Claim, ClaimSet, DedupConfig, Deduper};
-use event_aggregator::event::{EventKey, KeyHasher};
+use event_aggregator::internals::Ticket;
+use event_aggregator::internals::{Claim, ClaimSet, DedupConfig, Deduper};
+use event_aggregator::internals::{EventKey, KeyHasher};
 
 use crate::fixtures;
 
@@ -36,7 +36,7 @@ fn prepared(filter_keys: u64) -> (Arc<Deduper>, Vec<EventKey>) {
         set.push(k.clone());
     }
     dedup.add_to_filter(committed.iter());
-    set.commit();
+    set.mark_stored();
     (dedup, committed)
 }
 

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use event_aggregator::event::{EventKey, KeyHasher};
-use event_aggregator::store::{Head, Recovered, Row, Store, codec};
+use event_aggregator::internals::{EventKey, KeyHasher};
+use event_aggregator::internals::{Head, Recovered, Row, Store, StoreConfig, codec};
 use tempfile::TempDir;
 
 pub const PAYLOAD: &str = r#"{"temperature": 31.4, "humidity": 80, "room": "r1"}"#;
@@ -26,7 +26,8 @@ pub fn key(hasher: KeyHasher, n: u64) -> EventKey {
 /// A store in a temp dir holding `events` events (keys `0..events`).
 pub fn filled_store(events: u64) -> (TempDir, Arc<Store>, Recovered) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (store, mut recovered) = Store::open(&dir.path().join("bench.redb"), 256 << 20).expect("open");
+    let (store, mut recovered) =
+        Store::open(StoreConfig::new(dir.path().join("bench.redb"), 256 << 20)).expect("open");
     let hasher = KeyHasher::new(recovered.key_hash_seed);
     let mut head: Head = recovered.head;
     let mut n = 0;

@@ -1,7 +1,7 @@
 //! Startup: rebuild the Bloom filter from 1M stored keys.
 
 use criterion::{Criterion, Throughput, criterion_group};
-use event_aggregator::dedup::{DedupConfig, Deduper};
+use event_aggregator::internals::{DedupConfig, Deduper};
 
 use crate::fixtures;
 

@@ -2,23 +2,28 @@
 //! the contract's JSON body in one place:
 //! `{"error": code, "detail": text, "errors": [{"index", "field", "reason"}]}`.
 //! 5xx causes are logged here with their chain; clients get a generic message.
+//! Each response carries its code as an [`ErrorCode`] extension, which the HTTP
+//! guard counts (`requests_rejected{reason}` uses the same codes as the body).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::ack::FailReason;
-use crate::decode::DecodeError;
+use crate::decode::{ContentError, DecodeError};
 use crate::event::{FieldError, FieldErrorKind};
 use crate::ingest::IngestError;
-use crate::store::StoreError;
+use crate::store::ReadError;
 
 /// Seconds a client should wait before retrying a 503 or 429.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    #[error(transparent)]
+    Content(#[from] ContentError),
     #[error(transparent)]
     Decode(#[from] DecodeError),
     #[error("invalid query parameter: {0}")]
@@ -34,7 +39,7 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("storage error: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] ReadError),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -49,27 +54,39 @@ impl From<IngestError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'static str,
-    detail: String,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    errors: &'a [ErrorItem<'a>],
+/// Error body of every 4xx and 5xx.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    /// Machine-readable code, e.g. `validation_failed`.
+    pub error: &'static str,
+    pub detail: String,
+    /// Every bad event and field (422/413), or the bad NDJSON line (400).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub errors: Vec<ErrorItem<'a>>,
 }
 
-#[derive(Serialize)]
-struct ErrorItem<'a> {
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorItem<'a> {
+    /// Position of the event in the request (0-based).
     #[serde(skip_serializing_if = "Option::is_none")]
-    index: Option<usize>,
-    field: &'a str,
-    reason: &'a str,
+    #[schema(required = false)]
+    pub index: Option<usize>,
+    pub field: &'a str,
+    pub reason: &'a str,
 }
+
+/// The `error` code of a response, for the guard's count of refused requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
 
 impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
+        use ContentError as C;
         use DecodeError as D;
         match self {
-            ApiError::Decode(D::Malformed(_) | D::MalformedLine { .. } | D::Corrupt(_)) => {
+            ApiError::Content(C::Corrupt(_) | C::Unreadable(_))
+            | ApiError::Decode(D::Malformed(_) | D::MalformedLine { .. }) => {
                 (StatusCode::BAD_REQUEST, "malformed_body")
             }
             ApiError::Decode(D::NotEvents) => (StatusCode::UNPROCESSABLE_ENTITY, "not_events"),
@@ -77,10 +94,10 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
             ApiError::Decode(D::Invalid(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
-            ApiError::Decode(D::BodyTooLarge { .. } | D::BatchTooLarge { .. }) => {
+            ApiError::Content(C::BodyTooLarge { .. }) | ApiError::Decode(D::BatchTooLarge { .. }) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
             }
-            ApiError::Decode(D::UnsupportedType(_) | D::UnsupportedEncoding(_)) => {
+            ApiError::Content(C::UnsupportedType(_) | C::UnsupportedEncoding(_)) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             ApiError::Query(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_query"),
@@ -113,15 +130,16 @@ impl IntoResponse for ApiError {
             ApiError::Decode(DecodeError::Invalid(errs)) => errs,
             _ => &[],
         };
-        let mut items: Vec<ErrorItem<'_>> = field_errors
+        let mut errors: Vec<ErrorItem<'_>> = field_errors
             .iter()
             .map(|e| ErrorItem { index: Some(e.index), field: e.field, reason: &e.reason })
             .collect();
         if let ApiError::Decode(DecodeError::MalformedLine { reason, .. }) = &self {
-            items.push(ErrorItem { index: None, field: "body", reason });
+            errors.push(ErrorItem { index: None, field: "body", reason });
         }
-        let body = Body { error, detail: self.detail(), errors: &items };
+        let body = ErrorBody { error, detail: self.detail(), errors };
         let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(error));
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }

@@ -1,20 +1,64 @@
 //! `GET /events?topic=&limit=&after=`: one page of stored events in arrival order,
 //! read in a redb read transaction on a blocking thread (MVCC: never blocks the
-//! writer). The JSON is written by hand so each payload goes out byte-for-byte.
+//! writer). [`EventsPage`] and [`EventOut`] are the wire types; each payload
+//! goes out byte-for-byte as it was sent (`RawValue`).
+
+use std::borrow::Cow;
 
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
-use super::{ApiError, SharedState};
+use super::error::{ApiError, ErrorBody};
+use super::state::SharedState;
 use crate::event::Seq;
-use crate::store::{Page, StoreError, codec};
+use crate::store::{Page, StoredEvent};
 
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
 /// Seqs stay far below this; the bound keeps `after` a signed 64-bit integer for clients.
 pub const MAX_AFTER: u64 = i64::MAX as u64;
+
+/// A stored event.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventOut<'a> {
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub topic: Cow<'a, str>,
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub timestamp: Cow<'a, str>,
+    #[serde(borrow)]
+    #[schema(value_type = String)]
+    pub source: Cow<'a, str>,
+    /// The payload object exactly as it was sent.
+    #[serde(borrow)]
+    #[schema(value_type = Object)]
+    pub payload: &'a RawValue,
+    /// Server receive time, RFC 3339.
+    pub received_at: String,
+    /// Arrival order, from 1.
+    pub seq: u64,
+}
+
+/// One page of `GET /events`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventsPage<'a> {
+    #[serde(borrow)]
+    #[schema(value_type = Option<String>)]
+    pub topic: Option<Cow<'a, str>>,
+    pub count: usize,
+    #[serde(borrow)]
+    pub events: Vec<EventOut<'a>>,
+    /// Pass as `after` for the next page; null on the last page.
+    pub next_after: Option<u64>,
+}
 
 #[derive(Deserialize)]
 struct EventsQuery {
@@ -33,10 +77,10 @@ struct EventsQuery {
         ("after" = Option<u64>, Query, minimum = 0, maximum = 9223372036854775807_i64, description = "Cursor: `next_after` of the previous page"),
     ),
     responses(
-        (status = 200, body = super::openapi::EventsPage),
-        (status = 422, description = "Bad query parameter", body = super::openapi::ErrorBody),
-        (status = 429, body = super::openapi::ErrorBody),
-        (status = 503, body = super::openapi::ErrorBody),
+        (status = 200, body = EventsPage),
+        (status = 422, description = "Bad query parameter", body = ErrorBody),
+        (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody),
     )
 )]
 pub async fn list(State(state): State<SharedState>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
@@ -50,10 +94,9 @@ pub async fn list(State(state): State<SharedState>, RawQuery(query): RawQuery) -
     if after > MAX_AFTER {
         return Err(ApiError::Query(format!("after must be between 0 and {MAX_AFTER}")));
     }
-    let after = Seq(after);
     let store = state.store.clone();
-    let body = tokio::task::spawn_blocking(move || {
-        let page = store.read_page(query.topic.as_deref(), after, limit)?;
+    let body = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
+        let page = store.read_page(query.topic.as_deref(), Seq(after), limit)?;
         render(query.topic.as_deref(), &page)
     })
     .await
@@ -61,41 +104,32 @@ pub async fn list(State(state): State<SharedState>, RawQuery(query): RawQuery) -
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-fn render(topic: Option<&str>, page: &Page) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(64 + page.rows.iter().map(|r| r.1.len() + 96).sum::<usize>());
-    out.extend_from_slice(b"{\"topic\":");
-    json_str(&mut out, topic);
-    out.extend_from_slice(format!(",\"count\":{},\"events\":[", page.rows.len()).as_bytes());
-    for (i, (seq, bytes)) in page.rows.iter().enumerate() {
-        let r = codec::decode(bytes)?;
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"topic\":");
-        json_str(&mut out, Some(r.topic));
-        out.extend_from_slice(b",\"event_id\":");
-        json_str(&mut out, Some(r.event_id));
-        out.extend_from_slice(b",\"timestamp\":");
-        json_str(&mut out, Some(r.timestamp));
-        out.extend_from_slice(b",\"source\":");
-        json_str(&mut out, Some(r.source));
-        out.extend_from_slice(b",\"payload\":");
-        out.extend_from_slice(r.payload.as_bytes());
-        out.extend_from_slice(b",\"received_at\":");
-        json_str(&mut out, Some(&format_micros(r.received_at_us)));
-        out.extend_from_slice(format!(",\"seq\":{}}}", seq.0).as_bytes());
-    }
-    out.extend_from_slice(b"],\"next_after\":");
-    match page.next_after {
-        Some(seq) => out.extend_from_slice(seq.0.to_string().as_bytes()),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.push(b'}');
-    Ok(out)
+fn render(topic: Option<&str>, page: &Page) -> Result<Vec<u8>, ApiError> {
+    let events = page.events.iter().map(EventOut::from_stored).collect::<Result<Vec<_>, _>>()?;
+    let body = EventsPage {
+        topic: topic.map(Cow::Borrowed),
+        count: events.len(),
+        events,
+        next_after: page.next_after.map(|seq| seq.0),
+    };
+    serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-fn json_str(out: &mut Vec<u8>, s: Option<&str>) {
-    serde_json::to_writer(out, &s).expect("serializing a string into a Vec cannot fail");
+impl<'a> EventOut<'a> {
+    /// Borrows every field; the payload is only checked to be one JSON value.
+    fn from_stored(event: &'a StoredEvent) -> Result<Self, ApiError> {
+        let payload = serde_json::from_str(&event.payload)
+            .map_err(|e| ApiError::Internal(format!("stored payload of seq {}: {e}", event.seq.0)))?;
+        Ok(EventOut {
+            topic: Cow::Borrowed(&event.topic),
+            event_id: Cow::Borrowed(&event.event_id),
+            timestamp: Cow::Borrowed(&event.timestamp),
+            source: Cow::Borrowed(&event.source),
+            payload,
+            received_at: format_micros(event.received_at_us),
+            seq: event.seq.0,
+        })
+    }
 }
 
 fn format_micros(us: i64) -> String {

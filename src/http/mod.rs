@@ -1,58 +1,45 @@
-//! The HTTP layer: the router, the request guard (concurrency limit and timeout),
-//! and one module per endpoint. Handlers stay thin: they parse, call into
+//! The HTTP layer: the router, the request guard (concurrency limit, timeout,
+//! request id, instrumentation), and one module per endpoint, each holding its
+//! wire types beside its handler. Handlers stay thin: they parse, call into
 //! `ingest` or `store`, and render; every error goes through `error::ApiError`.
+//! Children import their siblings (`state`, `error`), never this file.
 
 mod error;
 mod events;
 mod openapi;
 mod publish;
+mod state;
 mod status;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::http::HeaderValue;
-use tracing::Instrument;
-
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
-pub use error::{ApiError, RETRY_AFTER_SECS};
+pub use error::{ErrorBody, ErrorItem, RETRY_AFTER_SECS};
+pub use events::{EventOut, EventsPage};
+pub use publish::{Accepted, EventIn, EventsWrapper, PublishBody, PublishResponse};
+pub use state::{AppState, SharedState};
+pub use status::{Health, HealthBody, StatsBody};
 
-use crate::decode::Limits;
-use crate::dedup::Deduper;
-use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::queue::{AckMode, IngestQueue};
 use crate::stats::Stats;
-use crate::store::Store;
-
-/// What every handler shares. Built once by `app`.
-pub struct AppState {
-    pub ingest: Ingest,
-    pub store: Arc<Store>,
-    pub stats: Arc<Stats>,
-    pub dedup: Arc<Deduper>,
-    pub queue: Arc<IngestQueue>,
-    pub limits: Limits,
-    pub default_ack: AckMode,
-    /// Bounds every request, except a publish once it is queued (see `guard_request`).
-    pub request_timeout: Duration,
-    pub metrics: Arc<Metrics>,
-}
-
-pub type SharedState = Arc<AppState>;
+use error::{ApiError, ErrorCode};
 
 #[derive(Clone)]
 struct Guard {
     permits: Arc<Semaphore>,
     timeout: Duration,
     metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
 }
 
 pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usize) -> Router {
@@ -60,6 +47,7 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
         permits: Arc::new(Semaphore::new(max_concurrent)),
         timeout: request_timeout,
         metrics: state.metrics.clone(),
+        stats: state.stats.clone(),
     };
     Router::new()
         .route("/publish", post(publish::publish))
@@ -75,10 +63,10 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
         .with_state(state)
 }
 
-/// Refuse past the concurrency limit (429), and bound every request's time (503).
-/// Not `POST /publish`: it bounds its own phases up to the queue, then waits for
-/// the outcome, because a 503 must mean "nothing stored" and a queued request may
-/// still commit.
+/// Refuse past the concurrency limit (429; the permit is held until the response
+/// is ready), and bound every request's time (503). Not `POST /publish`: it
+/// bounds its own phases up to the queue, then waits for the outcome, because a
+/// 503 must mean "nothing stored" and a queued request may still commit.
 /// Every request runs in a span carrying its id (the client's `x-request-id` if it
 /// is short and printable, else a counter), echoed in the response.
 async fn guard_request(State(guard): State<Guard>, request: Request, next: Next) -> Response {
@@ -87,9 +75,9 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
     let id = request_id(&request);
     let span = tracing::info_span!("request", id = %id.to_str().unwrap_or_default(), route);
     let mut response = async {
-        if guard.permits.try_acquire().is_err() {
+        let Ok(_permit) = guard.permits.try_acquire() else {
             return ApiError::TooManyRequests.into_response();
-        }
+        };
         if request.method() == axum::http::Method::POST && route == "/publish" {
             return next.run(request).await;
         }
@@ -101,12 +89,9 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
     .instrument(span)
     .await;
     response.headers_mut().insert("x-request-id", id);
-    let status = response.status();
-    let class = std::borrow::Cow::Owned(format!("{}xx", status.as_u16() / 100));
-    let labels = vec![("route", std::borrow::Cow::Borrowed(route)), ("status", class)];
-    guard.metrics.request_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    if let Some(reason) = rejection_reason(status) {
-        guard.metrics.rejected.get_or_create(&vec![("reason", reason)]).inc();
+    guard.metrics.request_finished(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        guard.stats.rejected(code);
     }
     response
 }
@@ -130,16 +115,4 @@ fn route_label(path: &str) -> &'static str {
         .into_iter()
         .find(|r| *r == path)
         .unwrap_or("other")
-}
-
-fn rejection_reason(status: axum::http::StatusCode) -> Option<&'static str> {
-    Some(match status.as_u16() {
-        400 => "malformed",
-        413 => "too_large",
-        415 => "unsupported_media_type",
-        422 => "invalid",
-        429 => "too_many_requests",
-        503 => "unavailable",
-        _ => return None,
-    })
 }

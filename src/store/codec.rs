@@ -112,7 +112,7 @@ impl<'a> Chunk<'a> {
     }
 }
 
-/// A run of seqs (a `TOPIC_EVENTS` value): little-endian u64s.
+/// A run of seqs (a `TOPIC_RUNS` value): little-endian u64s.
 pub fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
     seqs.iter().flat_map(|s| s.to_le_bytes()).collect()
 }

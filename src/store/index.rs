@@ -27,7 +27,8 @@ use crate::event::BuildKeyHasher;
 pub const MERGE_SLICES: u8 = 16;
 
 /// The in-memory mirror of `KEY_LOG` plus the merge in progress. Readers: disk
-/// checks (any thread). Writer: `Store::append` only.
+/// checks (any thread). Writers: `Store::append` (the writer thread), and the
+/// recovery at open and reopen, while no reader holds the database.
 #[derive(Default)]
 pub struct KeyIndex {
     log: RwLock<LogMirror>,
@@ -69,6 +70,13 @@ fn slice_of(hash: u64) -> u8 {
 }
 
 impl KeyIndex {
+    /// At open and reopen, before the log is loaded again: forget everything.
+    pub fn clear(&self) {
+        *self.log.write().unwrap_or_else(|e| e.into_inner()) = LogMirror::default();
+        *self.merge.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.merged.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// At open: the number of pairs already in the sorted tree.
     pub fn set_merged(&self, pairs: u64) {
         self.merged.store(pairs, std::sync::atomic::Ordering::Relaxed);

@@ -10,7 +10,7 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// `(topic_id, first seq) -> packed seqs`: per-topic arrival order, for
 /// `GET /events?topic=`. One row per topic per batch (a "run"), not per event.
-pub const TOPIC_EVENTS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("topic_runs");
+pub const TOPIC_RUNS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("topic_runs");
 
 /// `(key_hash, seq) -> ()`. The merged part of the dedup index (see `index`). A
 /// hash collision simply yields two entries under one hash; lookups compare the

@@ -281,6 +281,11 @@ async fn health_and_stats_report_the_contract_fields() {
     for field in ["uptime", "uptime_seconds", "queue_size", "consumer_running", "writer", "dedup"] {
         assert!(!stats[field].is_null(), "{field} missing: {stats}");
     }
+    // Clients read the bodies with the service's own wire types.
+    let typed: event_aggregator::api::StatsBody = serde_json::from_value(stats.clone()).expect("StatsBody");
+    assert_eq!((typed.unique_processed.0, typed.dedup.duplicates_in_memory.0), (2, 1));
+    let health: event_aggregator::api::HealthBody = serde_json::from_value(health).expect("HealthBody");
+    assert_eq!(health.status, event_aggregator::api::Health::Ok);
     app.shutdown().await;
 }
 
@@ -310,14 +315,17 @@ async fn metrics_are_prometheus_text_with_counters_histograms_and_gauges() {
     let resp = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let text = resp.text().await.unwrap();
+    // Each /stats figure under its path: `dedup.duplicates_in_memory` is
+    // `aggregator_dedup_duplicates_in_memory`; rejections by their body's code.
     for line in [
-        "aggregator_events_received_total 2",
-        "aggregator_events_stored_total 1",
-        "aggregator_events_duplicate_total 1",
-        "aggregator_dedup_decisions_total{decision=\"duplicate_memory\"} 1",
-        "aggregator_requests_rejected_total{reason=\"malformed\"} 1",
-        "aggregator_queue_depth 0",
-        "aggregator_writer_running 1",
+        "aggregator_received_total 2",
+        "aggregator_unique_processed_total 1",
+        "aggregator_duplicate_dropped_total 1",
+        "aggregator_dedup_duplicates_in_memory_total 1",
+        "aggregator_requests_rejected_total{reason=\"malformed_body\"} 1",
+        "aggregator_queue_size 0",
+        "aggregator_consumer_running 1",
+        "aggregator_writer_batches_total 1",
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
     }
@@ -325,8 +333,8 @@ async fn metrics_are_prometheus_text_with_counters_histograms_and_gauges() {
         "aggregator_http_request_duration_seconds_count{route=\"/publish\",status=\"2xx\"} 1",
         "aggregator_writer_commit_duration_seconds_bucket",
         "aggregator_writer_batch_events_bucket",
-        "aggregator_recent_keys ",
-        "aggregator_bloom_filter_items ",
+        "aggregator_dedup_recent_keys ",
+        "aggregator_dedup_filter_items ",
     ] {
         assert!(text.contains(prefix), "missing {prefix:?} in:\n{text}");
     }

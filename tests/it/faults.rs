@@ -1,8 +1,8 @@
-//! Failure paths: commit failures, a duplicate whose twin fails, a full queue.
-//! A 503 always carries Retry-After, and nothing of a refused request is stored
-//! or counted.
+//! Failure paths: a failing disk (through the `disk::FaultyDisk` backend), a
+//! duplicate whose twin fails, a full queue. A 503 always carries Retry-After,
+//! nothing of a refused request is stored or counted, and once the disk heals the
+//! same process serves again (the writer reopens the database).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -15,7 +15,7 @@ use crate::helpers::{TestApp, counts, data_dir, event, eventually, json_response
 async fn failed_commit_is_503_with_retry_after_and_the_retry_succeeds() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
-    app.app.state.store.faults.fail_commits.store(1, Ordering::SeqCst);
+    app.faults().break_disk();
     let resp = app
         .client
         .post(app.url("/publish"))
@@ -26,6 +26,7 @@ async fn failed_commit_is_503_with_retry_after_and_the_retry_succeeds() {
     assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
     let (status, body) = json_response(resp).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    heal_and_wait_for_reads(&app).await;
     assert_eq!(counts(&app.stats().await), (0, 0, 0));
     assert!(app.all_events(None).await.is_empty());
 
@@ -39,12 +40,13 @@ async fn failed_commit_is_503_with_retry_after_and_the_retry_succeeds() {
 async fn health_is_503_while_commits_keep_failing() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
-    app.app.state.store.faults.fail_commits.store(3, Ordering::SeqCst);
+    app.faults().break_disk();
     for i in 0..3 {
         assert_eq!(app.publish(&event("h", &i.to_string())).await.0, StatusCode::SERVICE_UNAVAILABLE);
     }
     let (status, health) = app.get("/health").await;
     assert_eq!((status, health["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable")));
+    app.faults().heal();
     assert_eq!(app.publish(&event("h", "ok")).await.0, StatusCode::OK);
     assert_eq!(app.get("/health").await.0, StatusCode::OK, "healthy again after a commit succeeds");
     app.shutdown().await;
@@ -56,17 +58,17 @@ async fn health_is_503_while_commits_keep_failing() {
 async fn duplicate_of_a_pending_twin_shares_its_failed_commit() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
-    let faults = &app.app.state.store.faults;
-    faults.commit_delay_ms.store(300, Ordering::SeqCst);
-    faults.fail_commits.store(1, Ordering::SeqCst);
+    app.faults().slow_down(Duration::from_millis(300));
+    app.faults().break_disk();
     let first = publish_and_wait_for_its_claim(&app).await;
     let (second_status, second) = app.publish(&event("twin", "k")).await;
     let (first_status, _) = first.await.unwrap();
     assert_eq!(first_status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(second_status, StatusCode::SERVICE_UNAVAILABLE, "never a 200 for a lost twin: {second}");
+    app.faults().slow_down(Duration::ZERO);
+    heal_and_wait_for_reads(&app).await;
     assert_eq!(counts(&app.stats().await), (0, 0, 0));
 
-    faults.commit_delay_ms.store(0, Ordering::SeqCst);
     let (status, body) = app.publish(&event("twin", "k")).await;
     assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(1)));
     app.shutdown().await;
@@ -76,7 +78,7 @@ async fn duplicate_of_a_pending_twin_shares_its_failed_commit() {
 async fn duplicate_of_a_pending_twin_waits_for_its_commit() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
-    app.app.state.store.faults.commit_delay_ms.store(200, Ordering::SeqCst);
+    app.faults().slow_down(Duration::from_millis(200));
     let first = publish_and_wait_for_its_claim(&app).await;
     let (status, body) = app.publish(&event("twin", "k")).await;
     assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(1)));
@@ -86,12 +88,18 @@ async fn duplicate_of_a_pending_twin_waits_for_its_commit() {
     app.shutdown().await;
 }
 
+/// Heal the disk; the writer reopens the database by itself, and reads answer again.
+async fn heal_and_wait_for_reads(app: &TestApp) {
+    app.faults().heal();
+    let reads = async || app.get("/stats").await.0 == StatusCode::OK;
+    assert!(eventually(Duration::from_secs(10), reads).await, "reads are back after the heal");
+}
+
 /// Publish `("twin", "k")` in the background; return once its key is claimed.
 async fn publish_and_wait_for_its_claim(app: &TestApp) -> JoinHandle<(StatusCode, serde_json::Value)> {
     let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
     let first = tokio::spawn(async move { json_response(req.send().await.unwrap()).await });
-    let state = app.app.state.clone();
-    assert!(eventually(Duration::from_secs(5), async || state.dedup.recent_len() == 1).await);
+    assert!(eventually(Duration::from_secs(5), async || app.recent_keys().await == 1).await);
     first
 }
 
@@ -104,7 +112,7 @@ async fn full_queue_is_503_and_counts_stay_exact() {
         ..test_config(dir.path())
     };
     let app = TestApp::spawn_with(config).await;
-    app.app.state.store.faults.commit_delay_ms.store(100, Ordering::SeqCst);
+    app.faults().slow_down(Duration::from_millis(100));
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let req = app.client.post(app.url("/publish")).json(&event("full", &i.to_string()));

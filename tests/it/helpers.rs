@@ -1,18 +1,24 @@
-//! `TestApp`: the real app in-process on 127.0.0.1:0 over a temp data dir, plus
-//! small HTTP helpers that read like the contract.
+//! `TestApp`: the real app in-process on 127.0.0.1:0 over a temp data dir (on a
+//! `disk::FaultyDisk`, inert until a test arms it), plus small HTTP helpers that
+//! read like the contract. Tests reach the service only through HTTP and these
+//! helpers, never through its internals.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_aggregator::{Config, RunningApp};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::disk::{self, Faults};
+
 pub struct TestApp {
     pub app: RunningApp,
     pub client: reqwest::Client,
     pub base: String,
     config: Config,
+    faults: Arc<Faults>,
 }
 
 /// The config every test starts from: port 0, a data dir, a small filter.
@@ -32,9 +38,22 @@ impl TestApp {
     }
 
     pub async fn spawn_with(config: Config) -> TestApp {
-        let app = event_aggregator::start(config.clone()).await.expect("app starts");
+        let faults = Arc::new(Faults::default());
+        let app = event_aggregator::start_with_storage(config.clone(), disk::opener(faults.clone()))
+            .await
+            .expect("app starts");
         let base = format!("http://{}", app.addr);
-        TestApp { app, client: reqwest::Client::new(), base, config }
+        TestApp { app, client: reqwest::Client::new(), base, config, faults }
+    }
+
+    /// The switches of the disk under this app's database.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Keys in the recent-key map, as `/stats` reports them.
+    pub async fn recent_keys(&self) -> u64 {
+        self.stats().await["dedup"]["recent_keys"].as_u64().expect("dedup.recent_keys")
     }
 
     /// Graceful shutdown, then a fresh start on the same data directory.

@@ -4,6 +4,7 @@
 mod cli;
 mod contract;
 mod crash;
+mod disk;
 mod faults;
 mod helpers;
 mod publisher;

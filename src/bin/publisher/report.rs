@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use event_aggregator::api::StatsBody;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -18,13 +19,10 @@ pub struct Counts {
 
 pub async fn fetch_stats(client: &reqwest::Client, base: &str) -> Result<Counts, PublisherError> {
     let url = format!("{base}/stats");
-    let stats: serde_json::Value = async { client.get(&url).send().await?.error_for_status()?.json().await }
+    let stats: StatsBody = async { client.get(&url).send().await?.error_for_status()?.json().await }
         .await
         .map_err(|source| PublisherError::Stats { url: base.to_owned(), source })?;
-    Ok(Counts {
-        unique_processed: stats["unique_processed"].as_u64().unwrap_or(0),
-        duplicate_dropped: stats["duplicate_dropped"].as_u64().unwrap_or(0),
-    })
+    Ok(Counts { unique_processed: stats.unique_processed.0, duplicate_dropped: stats.duplicate_dropped.0 })
 }
 
 #[derive(Debug, Serialize)]

@@ -1,9 +1,13 @@
 //! The publisher's workload, built entirely before the clock starts: which
-//! events repeat which, how they are batched, and the encoded request bodies.
+//! events repeat which, how they are batched, and the request bodies, encoded
+//! from the service's own request type (`api::EventIn`).
 
+use std::borrow::Cow;
 use std::io::Write;
 
 use bytes::Bytes;
+use event_aggregator::api::EventIn;
+use serde_json::value::RawValue;
 
 use super::{Args, Format};
 
@@ -38,7 +42,7 @@ impl Plan {
                 order.push(keys.len() as u32 - 1);
             }
         }
-        let payload = payload(&mut rng, args.payload_bytes);
+        let payload = RawValue::from_string(payload(&mut rng, args.payload_bytes)).expect("a JSON object");
         let requests = order
             .chunks(args.batch_size.max(1))
             .map(|chunk| Request { body: body(args, &keys, chunk, &payload), events: chunk.to_vec() })
@@ -47,27 +51,38 @@ impl Plan {
     }
 }
 
-fn body(args: &Args, keys: &[(String, String)], events: &[u32], payload: &str) -> Bytes {
-    let encoded: Vec<String> = events
-        .iter()
-        .map(|&i| {
-            let (topic, id) = &keys[i as usize];
-            format!(
-                r#"{{"topic":"{topic}","event_id":"{id}","timestamp":"2026-11-21T10:00:00Z","source":"publisher","payload":{payload}}}"#
-            )
-        })
-        .collect();
-    let text = match (args.format, args.batch_size) {
-        (Format::Ndjson, _) => encoded.join("\n") + "\n",
-        (Format::Json, 1) => encoded.join(""),
-        (Format::Json, _) => format!("[{}]", encoded.join(",")),
+fn body(args: &Args, keys: &[(String, String)], events: &[u32], payload: &RawValue) -> Bytes {
+    let event = |&i: &u32| {
+        let (topic, id) = &keys[i as usize];
+        EventIn {
+            topic: Cow::Borrowed(topic),
+            event_id: Cow::Borrowed(id),
+            timestamp: Some(Cow::Borrowed("2026-11-21T10:00:00Z")),
+            source: Some(Cow::Borrowed("publisher")),
+            payload: Some(payload),
+        }
     };
+    let mut text = Vec::new();
+    match (args.format, args.batch_size) {
+        (Format::Ndjson, _) => {
+            for e in events {
+                serde_json::to_writer(&mut text, &event(e)).expect("writing to a Vec cannot fail");
+                text.push(b'\n');
+            }
+        }
+        (Format::Json, 1) => text = to_json(&event(&events[0])),
+        (Format::Json, _) => text = to_json(&events.iter().map(event).collect::<Vec<_>>()),
+    }
     if !args.gzip {
         return Bytes::from(text);
     }
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(text.as_bytes()).expect("writing to a Vec cannot fail");
+    gz.write_all(&text).expect("writing to a Vec cannot fail");
     Bytes::from(gz.finish().expect("writing to a Vec cannot fail"))
+}
+
+fn to_json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("the wire types always serialize")
 }
 
 /// A JSON object of about `bytes` bytes.

@@ -1,0 +1,214 @@
+//! Request bodies to validated events, split by step:
+//! - [`content`]: content negotiation and bounded decompression;
+//! - `wire`: the accepted JSON shapes (object, array, `{"events": [...]}`,
+//!   NDJSON) read leniently, so that every bad field can be named;
+//! - `validate`: the field rules of `event`, applied to each wire item.
+//!
+//! Called by `http::publish`. Pure and sync. It promises that a body either
+//! becomes a complete `Vec<Event>` or is refused as a whole, with every bad
+//! index and field named; it never stops at the first bad event.
+
+mod content;
+mod validate;
+mod wire;
+
+use serde::de::IgnoredAny;
+
+pub use content::{BodyFormat, ContentError, Encoding, decompress};
+
+use crate::event::{Event, FieldError};
+use wire::{TopLevel, WireItem};
+
+/// Size limits a client controls, all in bytes or events.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest body, both as received and after decompression.
+    pub max_body_bytes: usize,
+    /// Most events in one request.
+    pub max_batch_events: usize,
+    /// Largest `payload`, as raw JSON text.
+    pub max_payload_bytes: usize,
+}
+
+/// Why a decompressed body was refused. `http::error` maps each variant to its status.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("body is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("NDJSON line {line} is not valid JSON: {reason}")]
+    MalformedLine { line: usize, reason: String },
+    #[error("body must be an event object, an array of events, or {{\"events\": [...]}}")]
+    NotEvents,
+    #[error("batch has {len} events, more than the limit of {limit}")]
+    BatchTooLarge { len: usize, limit: usize },
+    #[error("{} field(s) failed validation; nothing was stored", .0.len())]
+    Invalid(Vec<FieldError>),
+}
+
+/// Decode and validate a whole (decompressed) body. `now` is the timestamp given to
+/// events that carry none.
+pub fn decode(
+    format: BodyFormat,
+    body: &[u8],
+    limits: &Limits,
+    now: &str,
+) -> Result<Vec<Event>, DecodeError> {
+    let items = match format {
+        BodyFormat::Json => parse_json(body)?,
+        BodyFormat::Ndjson => parse_ndjson(body)?,
+    };
+    if items.len() > limits.max_batch_events {
+        return Err(DecodeError::BatchTooLarge { len: items.len(), limit: limits.max_batch_events });
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match item.validate(index, limits, now) {
+            Ok(event) if errors.is_empty() => events.push(event),
+            Ok(_) => {}
+            Err(mut errs) => errors.append(&mut errs),
+        }
+    }
+    if errors.is_empty() { Ok(events) } else { Err(DecodeError::Invalid(errors)) }
+}
+
+fn parse_json(body: &[u8]) -> Result<Vec<WireItem<'_>>, DecodeError> {
+    let malformed = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => serde_json::from_slice(body).map_err(malformed),
+        Some(b'{') => {
+            let top: TopLevel<'_> = serde_json::from_slice(body).map_err(malformed)?;
+            match top {
+                TopLevel::Batch(raw) => {
+                    if !raw.get().starts_with('[') {
+                        return Err(DecodeError::NotEvents);
+                    }
+                    serde_json::from_str(raw.get()).map_err(malformed)
+                }
+                TopLevel::Single(item) => Ok(vec![item]),
+            }
+        }
+        // Valid JSON of another type is a shape error (422); anything else is 400.
+        _ => match serde_json::from_slice::<IgnoredAny>(body) {
+            Ok(_) => Err(DecodeError::NotEvents),
+            Err(e) => Err(malformed(e)),
+        },
+    }
+}
+
+fn parse_ndjson(body: &[u8]) -> Result<Vec<WireItem<'_>>, DecodeError> {
+    let mut items = Vec::new();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let item = serde_json::from_slice(line)
+            .map_err(|e| DecodeError::MalformedLine { line: i + 1, reason: e.to_string() })?;
+        items.push(item);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::FieldErrorKind;
+
+    const LIMITS: Limits = Limits { max_body_bytes: 1 << 20, max_batch_events: 100, max_payload_bytes: 64 };
+    const NOW: &str = "2026-11-21T00:00:00Z";
+
+    fn json(body: &str) -> Result<Vec<Event>, DecodeError> {
+        decode(BodyFormat::Json, body.as_bytes(), &LIMITS, NOW)
+    }
+
+    fn invalid(body: &str) -> Vec<(usize, &'static str)> {
+        match json(body) {
+            Err(DecodeError::Invalid(errs)) => errs.iter().map(|e| (e.index, e.field)).collect(),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_object_with_defaults() {
+        let evs = json(r#"{"topic":"a.b","event_id":"1","extra":[1,2]}"#).unwrap();
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].timestamp, NOW);
+        assert_eq!(evs[0].source, "");
+        assert_eq!(evs[0].payload, "{}");
+    }
+
+    #[test]
+    fn array_and_events_wrapper_are_batches() {
+        let one = r#"{"topic":"t","event_id":"1"}"#;
+        assert_eq!(json(&format!("[{one},{one}]")).unwrap().len(), 2);
+        assert_eq!(json(&format!(r#"{{"events":[{one},{one},{one}]}}"#)).unwrap().len(), 3);
+        assert_eq!(json("[]").unwrap().len(), 0);
+        assert!(matches!(json(r#"{"events": 5}"#), Err(DecodeError::NotEvents)));
+    }
+
+    #[test]
+    fn payload_is_kept_byte_for_byte() {
+        let payload = r#"{ "b": 1.50, "a" : [true, null], "u": "\u00e9" }"#;
+        let body = format!(r#"{{"topic":"t","event_id":"1","payload":{payload}}}"#);
+        assert_eq!(json(&body).unwrap()[0].payload, payload);
+    }
+
+    #[test]
+    fn every_bad_field_is_listed_with_its_index() {
+        let body = r#"[{"topic":"ok","event_id":"1"},
+                       {"topic":"has space","event_id":""},
+                       7,
+                       {"topic":"t","event_id":"2","timestamp":"nope","payload":[1]}]"#;
+        assert_eq!(
+            invalid(body),
+            vec![(1, "topic"), (1, "event_id"), (2, "event"), (3, "timestamp"), (3, "payload")]
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields() {
+        assert_eq!(invalid(r#"{"event_id": 5}"#), vec![(0, "topic"), (0, "event_id")]);
+        assert_eq!(invalid(r#"{"topic":"t","event_id":"1","source":{}}"#), vec![(0, "source")]);
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let evs = json(r#"{"topic":"caf\u00e9","event_id":"a\"b"}"#).unwrap();
+        assert_eq!((evs[0].topic.as_str(), evs[0].event_id.as_str()), ("café", "a\"b"));
+    }
+
+    #[test]
+    fn oversized_payload_is_a_size_error() {
+        let body = format!(r#"{{"topic":"t","event_id":"1","payload":{{"x":"{}"}}}}"#, "y".repeat(80));
+        match json(&body) {
+            Err(DecodeError::Invalid(errs)) => assert_eq!(errs[0].kind, FieldErrorKind::TooLarge),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn batch_limit() {
+        let body = format!("[{}]", vec![r#"{"topic":"t","event_id":"1"}"#; 101].join(","));
+        assert!(matches!(json(&body), Err(DecodeError::BatchTooLarge { len: 101, .. })));
+    }
+
+    #[test]
+    fn malformed_and_non_event_json() {
+        assert!(matches!(json("{nope"), Err(DecodeError::Malformed(_))));
+        assert!(matches!(json(""), Err(DecodeError::Malformed(_))));
+        assert!(matches!(json("42"), Err(DecodeError::NotEvents)));
+        assert!(matches!(json(r#""str""#), Err(DecodeError::NotEvents)));
+    }
+
+    #[test]
+    fn ndjson_lines_and_bad_line_number() {
+        let body = "{\"topic\":\"t\",\"event_id\":\"1\"}\r\n\n{\"topic\":\"t\",\"event_id\":\"2\"}\n";
+        assert_eq!(decode(BodyFormat::Ndjson, body.as_bytes(), &LIMITS, NOW).unwrap().len(), 2);
+        let bad = "{\"topic\":\"t\",\"event_id\":\"1\"}\n{oops\n";
+        assert!(matches!(
+            decode(BodyFormat::Ndjson, bad.as_bytes(), &LIMITS, NOW),
+            Err(DecodeError::MalformedLine { line: 2, .. })
+        ));
+    }
+}

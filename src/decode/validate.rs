@@ -1,0 +1,89 @@
+//! The field rules of `event` applied to one wire item, collecting every broken
+//! rule of the item before giving up on it.
+
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
+
+use super::Limits;
+use super::wire::{Field, WireItem};
+use crate::event::{self, Event, FieldError, FieldErrorKind, Rule};
+
+/// Collects the errors of one event.
+struct Errors {
+    index: usize,
+    list: Vec<FieldError>,
+}
+
+impl Errors {
+    fn add(&mut self, field: &'static str, reason: impl Into<Cow<'static, str>>) {
+        self.add_kind(field, reason, FieldErrorKind::Invalid);
+    }
+    fn add_kind(&mut self, field: &'static str, reason: impl Into<Cow<'static, str>>, kind: FieldErrorKind) {
+        let reason = reason.into();
+        self.list.push(FieldError { index: self.index, field, reason, kind });
+    }
+
+    /// A string field: `Ok(None)` when absent or null.
+    fn string<'a>(
+        &mut self,
+        field: &'static str,
+        value: Field<'a>,
+        required: bool,
+        rule: fn(&str) -> Result<(), Rule>,
+    ) -> Option<Cow<'a, str>> {
+        match value {
+            Field::Absent | Field::Null if required => self.add(field, "field required"),
+            Field::Absent | Field::Null => {}
+            Field::Other(kind) => self.add(field, format!("must be a string, got {kind}")),
+            Field::Str(s) => match rule(&s) {
+                Ok(()) => return Some(s),
+                Err(reason) => self.add(field, reason),
+            },
+        }
+        None
+    }
+}
+
+impl WireItem<'_> {
+    pub(super) fn validate(self, index: usize, limits: &Limits, now: &str) -> Result<Event, Vec<FieldError>> {
+        let mut errs = Errors { index, list: Vec::new() };
+        let ev = match self {
+            WireItem::Event(ev) => ev,
+            WireItem::NotObject(kind) => {
+                errs.add("event", format!("must be a JSON object, got {kind}"));
+                return Err(errs.list);
+            }
+        };
+        let topic = errs.string("topic", ev.topic, true, event::check_topic);
+        let event_id = errs.string("event_id", ev.event_id, true, event::check_event_id);
+        let timestamp = errs.string("timestamp", ev.timestamp, false, event::check_timestamp);
+        let source = errs.string("source", ev.source, false, event::check_source);
+        let payload = check_payload(&mut errs, ev.payload, limits.max_payload_bytes);
+        match (topic, event_id, errs.list.is_empty()) {
+            (Some(topic), Some(event_id), true) => Ok(Event {
+                topic: topic.into_owned(),
+                event_id: event_id.into_owned(),
+                timestamp: timestamp.map_or_else(|| now.to_owned(), Cow::into_owned),
+                source: source.map(Cow::into_owned).unwrap_or_default(),
+                payload: payload.unwrap_or("{}").to_owned(),
+            }),
+            _ => Err(errs.list),
+        }
+    }
+}
+
+fn check_payload<'a>(errs: &mut Errors, raw: Option<&'a RawValue>, max: usize) -> Option<&'a str> {
+    let text = raw?.get();
+    if text == "null" {
+        return None;
+    }
+    if !text.starts_with('{') {
+        errs.add("payload", "must be a JSON object");
+    } else if text.len() > max {
+        errs.add_kind("payload", format!("is larger than {max} bytes"), FieldErrorKind::TooLarge);
+    } else {
+        return Some(text);
+    }
+    None
+}

@@ -1,0 +1,201 @@
+//! Opening and recovery: create the file and tables, fix the hash seed on first
+//! open, read back the head, mirror the unmerged key log, and the scans that
+//! rebuild the Bloom filter (at startup) or cover an uncertain commit (after a
+//! reopen). Recovery is this file's alone: the other parts start from its result.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::schema::{self, EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+use super::{Head, Recovered, Store, StoreConfig, index};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot open the database: {0}")]
+    Database(#[from] redb::DatabaseError),
+    #[error(transparent)]
+    Transaction(#[from] redb::TransactionError),
+    #[error(transparent)]
+    Table(#[from] redb::TableError),
+    #[error(transparent)]
+    Storage(#[from] redb::StorageError),
+    #[error("cannot initialise the database: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("database schema version {found} is not supported (expected {expected})")]
+    Schema { found: u64, expected: u64 },
+    #[error("a reader still holds the database; cannot reopen it")]
+    Busy,
+}
+
+/// Longest wait for in-flight readers before a reopen gives up.
+const REOPEN_WAIT: Duration = Duration::from_secs(10);
+
+impl Store {
+    /// Open or create the database (parent directories included) and read back
+    /// where the previous run stopped.
+    pub fn open(config: StoreConfig) -> Result<(Store, Recovered), OpenError> {
+        let db = open_database(&config)?;
+        let store = Store { config, db: Default::default(), index: Default::default() };
+        let recovered = store.recover(&db)?;
+        *store.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        Ok((store, recovered))
+    }
+
+    /// Writer only, after a failed commit (redb refuses every later write until
+    /// then): close the database once no reader holds it, open it again and
+    /// recover as at startup. Readers get `Closed` meanwhile; if opening fails the
+    /// store stays closed and the next `append` fails fast until a reopen succeeds.
+    pub fn reopen(&self) -> Result<Recovered, OpenError> {
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(old) = old {
+            drop(wait_for_readers(old)?);
+        }
+        let db = open_database(&self.config)?;
+        let recovered = self.recover(&db)?;
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
+        Ok(recovered)
+    }
+
+    /// The head, and the key-log mirror rebuilt from disk.
+    fn recover(&self, db: &Database) -> Result<Recovered, OpenError> {
+        let mut recovered = init(db)?;
+        self.index.clear();
+        self.index.set_merged(recovered.stored_keys);
+        recovered.stored_keys += self.load_key_log(db)?;
+        Ok(recovered)
+    }
+
+    /// Mirror the unmerged key log in memory. Returns the pairs read.
+    fn load_key_log(&self, db: &Database) -> Result<u64, OpenError> {
+        let txn = db.begin_read()?;
+        let mut n = 0;
+        for row in txn.open_table(KEY_LOG)?.iter()? {
+            let pairs: Vec<(u64, u64)> = index::decode_pairs(row?.1.value()).collect();
+            n += pairs.len() as u64;
+            self.index.add(&pairs);
+        }
+        Ok(n)
+    }
+
+    /// Startup filter rebuild: call `f` with the hash of every stored key. A key
+    /// caught mid-merge may be reported twice, which a filter does not mind.
+    pub fn for_each_key_hash(&self, f: &mut dyn FnMut(u64)) -> Result<u64, super::ReadError> {
+        let db = self.database().ok_or(super::ReadError::Closed)?;
+        let txn = db.begin_read()?;
+        let mut n = 0;
+        for entry in txn.open_table(KEY_INDEX)?.iter()? {
+            f(entry?.0.value().0);
+            n += 1;
+        }
+        for row in txn.open_table(KEY_LOG)?.iter()? {
+            for (hash, _) in index::decode_pairs(row?.1.value()) {
+                f(hash);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Writer only, after a reopen: hashes of the keys stored at `seq` or later
+    /// (the batch of a commit that failed, yet reached the disk).
+    pub fn key_hashes_from(&self, seq: u64) -> Result<Vec<u64>, super::ReadError> {
+        let db = self.database().ok_or(super::ReadError::Closed)?;
+        let txn = db.begin_read()?;
+        let log = txn.open_table(KEY_LOG)?;
+        // Rows are keyed by their batch's first seq: start at the row holding `seq`.
+        let start = match log.range(..=seq)?.next_back() {
+            Some(row) => row?.0.value(),
+            None => seq,
+        };
+        let mut hashes = Vec::new();
+        for row in log.range(start..)? {
+            let (_, pairs) = row?;
+            let later = index::decode_pairs(pairs.value()).filter(|&(_, s)| s >= seq);
+            hashes.extend(later.map(|(hash, _)| hash));
+        }
+        Ok(hashes)
+    }
+}
+
+fn open_database(config: &StoreConfig) -> Result<Database, OpenError> {
+    if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| OpenError::DataDir { path: dir.display().to_string(), source })?;
+    }
+    let mut builder = Database::builder();
+    builder.set_cache_size(config.cache_bytes);
+    Ok(match &config.open_database {
+        Some(open) => open(&builder, &config.path)?,
+        None => builder.create(&config.path)?,
+    })
+}
+
+/// The database once every reader's clone is gone (reads are short).
+fn wait_for_readers(mut db: Arc<Database>) -> Result<Database, OpenError> {
+    let deadline = Instant::now() + REOPEN_WAIT;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => return Ok(db),
+            Err(shared) if Instant::now() < deadline => {
+                db = shared;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return Err(OpenError::Busy),
+        }
+    }
+}
+
+/// Create missing tables, fix the hash seed on first open, read the head.
+fn init(db: &Database) -> Result<Recovered, OpenError> {
+    let txn = db.begin_write()?;
+    let recovered = {
+        let mut meta_table = txn.open_table(META)?;
+        let version = get_or_insert(&mut meta_table, meta::SCHEMA_VERSION, || schema::SCHEMA_VERSION)?;
+        if version != schema::SCHEMA_VERSION {
+            return Err(OpenError::Schema { found: version, expected: schema::SCHEMA_VERSION });
+        }
+        let key_hash_seed = get_or_insert(&mut meta_table, meta::KEY_HASH_SEED, random_seed)?;
+        let read =
+            |name| -> Result<u64, OpenError> { Ok(meta_table.get(name)?.map(|v| v.value()).unwrap_or(0)) };
+        let head = Head {
+            next_seq: read(meta::NEXT_SEQ)?.max(1),
+            next_topic_id: u32::try_from(txn.open_table(TOPICS)?.len()?).unwrap_or(u32::MAX),
+            unique: read(meta::UNIQUE)?,
+            duplicates: read(meta::DUPLICATES)?,
+        };
+        txn.open_table(EVENTS)?;
+        txn.open_table(TOPIC_RUNS)?;
+        txn.open_table(KEY_LOG)?;
+        let stored_keys = txn.open_table(KEY_INDEX)?.len()?;
+        Recovered { key_hash_seed, head, stored_keys }
+    };
+    txn.commit()?;
+    Ok(recovered)
+}
+
+fn get_or_insert(
+    table: &mut redb::Table<'_, &str, u64>,
+    name: &str,
+    init: impl FnOnce() -> u64,
+) -> Result<u64, OpenError> {
+    if let Some(v) = table.get(name)? {
+        return Ok(v.value());
+    }
+    let v = init();
+    table.insert(name, v)?;
+    Ok(v)
+}
+
+/// 64 random bits from the OS-seeded std hasher (no extra dependency needed).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}

@@ -1,0 +1,157 @@
+//! Unit tests of the store: append, read back, lookups through merges and reopens.
+
+use std::path::Path;
+
+use super::*;
+use crate::event::KeyHasher;
+
+fn config(path: &Path, merge_threshold: usize) -> StoreConfig {
+    StoreConfig { merge_threshold, ..StoreConfig::new(path, 1 << 20) }
+}
+
+fn record_bytes(key: &EventKey) -> Vec<u8> {
+    codec::encode(&codec::Record {
+        topic: key.topic(),
+        event_id: key.event_id(),
+        timestamp: "2026-11-21T00:00:00Z",
+        source: "",
+        payload: "{}",
+        received_at_us: 0,
+    })
+}
+
+fn append(store: &Store, head: &mut Head, keys: &[EventKey]) -> Result<(), WriteError> {
+    let bytes: Vec<_> = keys.iter().map(record_bytes).collect();
+    let rows = keys.iter().zip(&bytes).map(|(key, b)| Row { key, bytes: b });
+    store.append(head, rows, 0)
+}
+
+#[test]
+fn append_read_contains_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/db.redb");
+    let (store, rec) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> = (0..5).map(|i| EventKey::new(h, ["a", "b"][i % 2], i.to_string())).collect();
+    let mut head = rec.head;
+    append(&store, &mut head, &keys).unwrap();
+    assert_eq!((head.next_seq, head.unique, head.next_topic_id), (6, 5, 2));
+
+    let absent = EventKey::new(h, "a", "1"); // id 1 was stored under "b"
+    assert_eq!(store.contains(&[keys[1].clone(), absent]).unwrap(), vec![true, false]);
+
+    let page = store.read_page(Some("a"), Seq(0), 2).unwrap();
+    let seqs: Vec<_> = page.events.iter().map(|e| e.seq.0).collect();
+    assert_eq!((seqs, page.next_after), (vec![1, 3], Some(Seq(3))));
+    let last = store.read_page(Some("a"), Seq(3), 2).unwrap();
+    assert_eq!((last.events.len(), last.next_after), (1, None));
+    assert_eq!(store.read_page(None, Seq(0), 10).unwrap().events.len(), 5);
+    assert_eq!(store.topics().unwrap(), vec!["a", "b"]);
+    drop(store);
+
+    let (store, again) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    assert_eq!((again.head, again.stored_keys, again.key_hash_seed), (head, 5, rec.key_hash_seed));
+    let mut hashes = Vec::new();
+    store.for_each_key_hash(&mut |hash| hashes.push(hash)).unwrap();
+    hashes.sort_unstable();
+    let mut expected: Vec<_> = keys.iter().map(EventKey::hash).collect();
+    expected.sort_unstable();
+    assert_eq!(hashes, expected);
+}
+
+#[test]
+fn keys_stay_findable_through_log_merges_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let (store, rec) = Store::open(config(&path, 8)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let mut head = rec.head;
+    let mut all = Vec::new();
+    for batch in 0..40 {
+        let keys: Vec<_> = (0..5).map(|i| EventKey::new(h, "t", format!("{batch}-{i}"))).collect();
+        append(&store, &mut head, &keys).unwrap();
+        all.extend(keys);
+        assert!(store.contains(&all).unwrap().iter().all(|found| *found), "after batch {batch}");
+        if batch == 21 {
+            // Reopen mid-merge: the log is reloaded and merged again.
+            drop(store);
+            let (again, rec) = Store::open(config(&path, 8)).unwrap();
+            assert_eq!(rec.head, head);
+            return keys_stay_findable_after_reopen(again, all, h, head);
+        }
+    }
+    unreachable!("returns at batch 21");
+}
+
+fn keys_stay_findable_after_reopen(store: Store, mut all: Vec<EventKey>, h: KeyHasher, mut head: Head) {
+    for batch in 100..140 {
+        let keys: Vec<_> = (0..5).map(|i| EventKey::new(h, "t", format!("{batch}-{i}"))).collect();
+        append(&store, &mut head, &keys).unwrap();
+        all.extend(keys);
+    }
+    assert!(store.contains(&all).unwrap().iter().all(|found| *found));
+    assert_eq!(store.contains(&[EventKey::new(h, "t", "absent")]).unwrap(), vec![false]);
+    let mut hashes = std::collections::HashSet::new();
+    store
+        .for_each_key_hash(&mut |hash| {
+            hashes.insert(hash);
+        })
+        .unwrap();
+    assert!(all.iter().all(|k| hashes.contains(&k.hash())));
+}
+
+#[test]
+fn pages_and_lookups_cross_chunk_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = Store::open(config(&dir.path().join("db.redb"), DEFAULT_MERGE_THRESHOLD)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> = (0..150).map(|i| EventKey::new(h, "t", i.to_string())).collect();
+    let mut head = rec.head;
+    append(&store, &mut head, &keys[..100]).unwrap();
+    append(&store, &mut head, &keys[100..]).unwrap();
+    let mut after = Seq(0);
+    let mut seen = Vec::new();
+    loop {
+        let page = store.read_page(None, after, 37).unwrap();
+        for event in &page.events {
+            assert_eq!(event.event_id, (event.seq.0 - 1).to_string());
+            seen.push(event.seq.0);
+        }
+        match page.next_after {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=150).collect::<Vec<_>>());
+    let topic_page = store.read_page(Some("t"), Seq(63), 3).unwrap();
+    assert_eq!(topic_page.events.iter().map(|e| e.seq.0).collect::<Vec<_>>(), vec![64, 65, 66]);
+    assert!(store.contains(&keys).unwrap().into_iter().all(|found| found));
+}
+
+#[test]
+fn a_reopen_recovers_the_head_and_the_unmerged_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let (store, rec) = Store::open(config(&path, 1 << 20)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> = (0..10).map(|i| EventKey::new(h, "t", i.to_string())).collect();
+    let mut head = rec.head;
+    append(&store, &mut head, &keys).unwrap();
+    let reader = store.database().expect("open");
+    let reopened = std::thread::scope(|s| {
+        let reopen = s.spawn(|| store.reopen());
+        // A reader holding the database delays the reopen; new readers see Closed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !matches!(store.topics(), Err(ReadError::Closed)) {
+            assert!(std::time::Instant::now() < deadline, "the reopen took the database");
+            std::thread::yield_now();
+        }
+        drop(reader);
+        reopen.join().unwrap().unwrap()
+    });
+    assert_eq!((reopened.head, reopened.stored_keys), (head, 10));
+    assert!(store.contains(&keys).unwrap().into_iter().all(|found| found), "the log mirror is back");
+    assert_eq!(store.key_hashes_from(6).unwrap(), keys[5..].iter().map(EventKey::hash).collect::<Vec<_>>());
+    append(&store, &mut head, &[EventKey::new(h, "t", "after")]).unwrap();
+    assert_eq!(head.next_seq, 12);
+}

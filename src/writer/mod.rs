@@ -1,0 +1,483 @@
+//! The writer: one dedicated OS thread, the only consumer of the queue and the
+//! only caller of `Store::append`. redb allows one write transaction at a time
+//! and commits block on fsync, so this work never runs on the async executor.
+//!
+//! Each round it drains up to `max_batch_events` into one batch, writes the batch
+//! in ONE transaction, commits, and only then hands the batch to the `settler`
+//! thread, which sets the filter bits and releases the acks (group commit).
+//! Promises:
+//! - **Ack after commit.** A ticket becomes `Stored` (by the settler) only after
+//!   the commit that holds its events and counters returned `Ok`.
+//! - **Shared fate with twins.** An item with a duplicate of another in-flight
+//!   request's key is written only in the same transaction as that request, or
+//!   after it was stored; if the twin fails, so does the item (`plan`). Until then
+//!   the item is held (no thread ever blocks on it), so a 200 for a duplicate
+//!   always means its earlier twin is on disk.
+//! - **Failure.** If a commit fails, redb refuses every later write until the
+//!   database is reopened, so the writer reopens it at once; what it reads back
+//!   says whether the commit reached the disk after all. If it did, the batch is
+//!   settled as committed; if not, nothing of it is stored: durable items are
+//!   failed (claims released, 503) and buffered items, already acknowledged, are
+//!   held and retried with backoff.
+//! - **Shutdown.** After the queue is closed the writer drains it completely, then
+//!   exits, which drops its end of the settler's channel; the shutdown sequence
+//!   joins the writer, then the settler, then drops the database.
+
+mod plan;
+
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Sender;
+
+use crate::ack::{AckMode, FailReason, Progress};
+use crate::dedup::Deduper;
+use crate::metrics::Metrics;
+use crate::queue::{IngestQueue, QueuedRequest};
+use crate::settler::{CommittedBatch, Settler};
+use crate::stats::{BatchCommitted, Stats};
+use crate::store::{Head, Row, Store, WriteError};
+use plan::{Dependencies, Verdict, plan};
+
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    /// Longest idle sleep between checks of the queue; pushes wake the writer early.
+    pub flush_interval: Duration,
+    /// Most events in one transaction.
+    pub max_batch_events: usize,
+}
+
+/// What the writer and its settler work with.
+pub struct WriterParts {
+    pub store: Arc<Store>,
+    pub dedup: Arc<Deduper>,
+    pub queue: Arc<IngestQueue>,
+    pub stats: Arc<Stats>,
+    pub metrics: Arc<Metrics>,
+    pub config: WriterConfig,
+    /// Where the next batch goes, as recovered at open.
+    pub head: Head,
+}
+
+/// The two threads of the write path, joined in this order by the shutdown sequence.
+pub struct WriterThreads {
+    /// Ends once the queue is closed and drained; it then drops the settler's sender.
+    pub writer: JoinHandle<()>,
+    /// Ends once every committed batch is settled and the writer's sender is gone.
+    pub settler: JoinHandle<()>,
+}
+
+pub struct Writer {
+    store: Arc<Store>,
+    /// Only to cover keys found on disk after a reopen (see `reopen`).
+    dedup: Arc<Deduper>,
+    queue: Arc<IngestQueue>,
+    stats: Arc<Stats>,
+    config: WriterConfig,
+    head: Head,
+    /// Items carried to the next round: waiting for a twin, or buffered items
+    /// whose commit failed. Written before anything newly drained.
+    held: Vec<QueuedRequest>,
+    /// The writer's end of the settler's channel: committed batches go here.
+    /// Dropped when the writer is, which ends the settler thread.
+    settle_tx: Sender<CommittedBatch>,
+    /// Settles on this thread, only should the settler thread be gone.
+    fallback: Settler,
+}
+
+/// How often an idle writer retries opening a database closed by an I/O error.
+const REOPEN_EVERY: Duration = Duration::from_millis(100);
+
+/// What one round of the writer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing was queued or held.
+    Idle,
+    /// At least one item reached its final outcome.
+    Settled,
+    /// Only held items, all still waiting for their twins (or for the disk).
+    Waiting,
+}
+
+/// Start the settler thread, then the writer thread. `writer_running` is true
+/// from here until the writer exits.
+pub fn spawn(parts: WriterParts) -> std::io::Result<WriterThreads> {
+    let stats = parts.stats.clone();
+    let settler = settler_for(&parts);
+    let (settle_tx, settler) = settler.spawn()?;
+    stats.writer_started();
+    let writer = thread::Builder::new().name("writer".into()).spawn(move || {
+        Writer::new(parts, settle_tx).run();
+    });
+    match writer {
+        Ok(writer) => Ok(WriterThreads { writer, settler }),
+        Err(e) => {
+            stats.writer_stopped();
+            Err(e)
+        }
+    }
+}
+
+fn settler_for(parts: &WriterParts) -> Settler {
+    Settler::new(parts.dedup.clone(), parts.queue.clone(), parts.stats.clone(), parts.metrics.clone())
+}
+
+impl Writer {
+    /// A writer that hands committed batches to `settle_tx`.
+    pub fn new(parts: WriterParts, settle_tx: Sender<CommittedBatch>) -> Self {
+        let fallback = settler_for(&parts);
+        let WriterParts { store, dedup, queue, stats, metrics: _, config, head } = parts;
+        Writer { store, dedup, queue, stats, config, head, held: Vec::new(), settle_tx, fallback }
+    }
+
+    /// A writer to step on the calling thread (tests, benches), with its settler
+    /// thread started; join the handle after dropping the writer.
+    pub fn with_settler_thread(parts: WriterParts) -> std::io::Result<(Self, JoinHandle<()>)> {
+        let (settle_tx, settler) = settler_for(&parts).spawn()?;
+        Ok((Writer::new(parts, settle_tx), settler))
+    }
+
+    fn run(mut self) {
+        let stats = self.stats.clone();
+        let _running = RunningFlag(&stats);
+        self.queue.register_writer(thread::current());
+        let mut closed_since: Option<Instant> = None;
+        loop {
+            match self.flush_once() {
+                Round::Settled => continue,
+                Round::Idle if self.queue.is_closed() && self.queue.is_empty() => break,
+                Round::Idle | Round::Waiting => {
+                    self.reopen_when_idle(&mut closed_since);
+                    thread::park_timeout(self.config.flush_interval);
+                }
+            }
+        }
+        tracing::info!(next_seq = self.head.next_seq, "writer drained the queue and stopped");
+    }
+
+    /// A database left closed by an I/O error is reopened in the background too,
+    /// so that reads and `/stats` come back without waiting for a publish. Tries
+    /// every `REOPEN_EVERY` while closed.
+    fn reopen_when_idle(&mut self, closed_since: &mut Option<Instant>) {
+        if self.store.is_open() {
+            *closed_since = None;
+            return;
+        }
+        let last = *closed_since.get_or_insert_with(Instant::now);
+        if last.elapsed() >= REOPEN_EVERY {
+            *closed_since = Some(Instant::now());
+            self.reopen(self.head);
+        }
+    }
+
+    /// One round: collect a batch and write it. Tests and benches step the writer
+    /// with this instead of running the thread.
+    pub fn flush_once(&mut self) -> Round {
+        let batch = self.collect();
+        if batch.is_empty() {
+            return Round::Idle;
+        }
+        if self.write_batch(batch) { Round::Settled } else { Round::Waiting }
+    }
+
+    /// Held items first, then newly queued ones, up to the batch size.
+    /// Held items never count toward the batch size: they may be waiting for a
+    /// twin that is still in the queue, which must be taken for them to go ahead.
+    fn collect(&mut self) -> Vec<QueuedRequest> {
+        let mut batch = std::mem::take(&mut self.held);
+        let mut events = 0;
+        while events < self.config.max_batch_events {
+            let Some(item) = self.queue.pop() else { break };
+            events += item.records.len();
+            batch.push(item);
+        }
+        batch
+    }
+
+    /// Write one batch. Returns whether any item reached a final outcome.
+    fn write_batch(&mut self, batch: Vec<QueuedRequest>) -> bool {
+        // Nothing outside this batch is in flight any more (no queued item, no
+        // batch awaiting its settler, no handler able to push): a twin that is
+        // not final by now never will be.
+        let batch_cost: usize = batch.iter().map(QueuedRequest::cost).sum();
+        let drained = self.queue.is_closed() && self.queue.is_empty() && self.queue.in_flight() == batch_cost;
+        let deps: Vec<Dependencies<'_>> =
+            batch.iter().map(|p| Dependencies { ticket: p.claims.ticket(), twins: &p.twins }).collect();
+        let verdicts = plan(&deps, drained);
+        drop(deps);
+        let mut to_write = Vec::with_capacity(batch.len());
+        let mut released = 0;
+        for (item, verdict) in batch.into_iter().zip(verdicts) {
+            match verdict {
+                Verdict::Write => to_write.push(item),
+                Verdict::Hold => self.held.push(item),
+                Verdict::Fail(reason) => released += self.fail(item, reason),
+            }
+        }
+        let settled = released > 0 || !to_write.is_empty();
+        if !to_write.is_empty() {
+            released += self.write_items(to_write);
+        }
+        if released > 0 {
+            self.queue.release(released);
+        }
+        settled
+    }
+
+    /// Append and commit, then hand the items to the settler. Returns the budget
+    /// released here (only for failed items: the settler releases the rest).
+    fn write_items(&mut self, items: Vec<QueuedRequest>) -> usize {
+        if !self.store.is_open() && self.reopen(self.head).is_none() {
+            // Still closed after an earlier I/O error: as good as a failed commit.
+            let failures = self.stats.commit_failed();
+            return self.not_stored(items, failures);
+        }
+        let rows = items.iter().flat_map(|p| p.records.iter()).map(|r| Row { key: &r.key, bytes: &r.bytes });
+        let duplicates: u64 = items.iter().map(|p| p.duplicates).sum();
+        let started = Instant::now();
+        let before = self.head;
+        match self.store.append(&mut self.head, rows, duplicates) {
+            Ok(()) => {
+                self.stats.commit_succeeded();
+                self.hand_to_settler(items, before, started);
+                0
+            }
+            Err(error) => self.append_failed(items, before, duplicates, started, &error),
+        }
+    }
+
+    fn hand_to_settler(&mut self, items: Vec<QueuedRequest>, before: Head, started: Instant) {
+        let figures = BatchCommitted {
+            unique: self.head.unique - before.unique,
+            duplicates: self.head.duplicates - before.duplicates,
+            commit_us: started.elapsed().as_micros() as u64,
+        };
+        if let Err(crossbeam::channel::SendError(batch)) =
+            self.settle_tx.send(CommittedBatch { items, figures })
+        {
+            // Only if the settler thread died. The batch is committed: settle it
+            // here, never drop it (dropping would release committed keys).
+            tracing::error!("settler thread gone; settling on the writer");
+            self.fallback.settle(batch);
+        }
+    }
+
+    /// The commit failed: reopen, learn whether it reached the disk after all,
+    /// and settle or fail the items accordingly.
+    fn append_failed(
+        &mut self,
+        items: Vec<QueuedRequest>,
+        before: Head,
+        duplicates: u64,
+        started: Instant,
+        error: &WriteError,
+    ) -> usize {
+        let failures = self.stats.commit_failed();
+        tracing::error!(%error, items = items.len(), failures, "commit failed; reopening the database");
+        let new_events: u64 = items.iter().map(|p| p.records.len() as u64).sum();
+        let expected = Head {
+            next_seq: before.next_seq + new_events,
+            unique: before.unique + new_events,
+            duplicates: before.duplicates + duplicates,
+            ..before
+        };
+        if let Some(found) = self.reopen(before) {
+            let committed = (found.next_seq, found.unique, found.duplicates)
+                == (expected.next_seq, expected.unique, expected.duplicates);
+            if committed {
+                tracing::warn!("the failed commit reached the disk after all; settling it");
+                self.stats.commit_succeeded();
+                self.hand_to_settler(items, before, started);
+                return 0;
+            }
+        }
+        self.not_stored(items, failures)
+    }
+
+    /// Nothing of `items` was stored: fail the durable ones (503), hold the
+    /// buffered ones (already acknowledged) for a retry after a backoff.
+    fn not_stored(&mut self, items: Vec<QueuedRequest>, failures: u64) -> usize {
+        let mut released = 0;
+        for item in items {
+            if item.ack == AckMode::Buffered && !self.queue.is_closed() {
+                self.held.push(item);
+            } else {
+                released += self.fail(item, FailReason::Storage);
+            }
+        }
+        if !self.held.is_empty() {
+            let backoff = 10u64 << failures.min(7);
+            thread::sleep(Duration::from_millis(backoff));
+        }
+        released
+    }
+
+    /// Reopen the database and take its head as the truth. Keys stored past
+    /// `before` (a batch whose commit was reported failed yet reached the disk) are
+    /// added to the filter, so their duplicates still go to the exact check.
+    /// `None` if it cannot be reopened now; `append` then fails fast until it can.
+    fn reopen(&mut self, before: Head) -> Option<Head> {
+        let recovered = match self.store.reopen() {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                tracing::error!(%error, "cannot reopen the database; publishes get 503 until it can");
+                return None;
+            }
+        };
+        let found = recovered.head;
+        if found.next_seq > before.next_seq {
+            match self.store.key_hashes_from(before.next_seq) {
+                Ok(hashes) => self.dedup.add_hashes(&hashes),
+                Err(error) => tracing::error!(%error, "cannot read back the keys of an uncertain commit"),
+            }
+            self.stats.recovered(&found);
+        }
+        tracing::info!(next_seq = found.next_seq, "database reopened");
+        self.head = found;
+        Some(found)
+    }
+
+    fn fail(&self, item: QueuedRequest, reason: FailReason) -> usize {
+        if item.ack == AckMode::Buffered && item.claims.ticket().progress() != Progress::Claimed {
+            tracing::warn!(%reason, events = item.records.len(), "a buffered acknowledgement could not be kept");
+        }
+        let cost = item.cost();
+        item.claims.fail(reason);
+        cost
+    }
+}
+
+/// Clears `writer_running` when the writer thread ends, panics included.
+struct RunningFlag<'a>(&'a Stats);
+
+impl Drop for RunningFlag<'_> {
+    fn drop(&mut self) {
+        self.0.writer_stopped();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ack::Ticket;
+    use crate::dedup::{Claim, ClaimSet, DedupConfig};
+    use crate::event::{EventKey, KeyHasher};
+    use crate::queue::{NewRecord, WhenFull};
+    use crate::store::StoreConfig;
+    use crate::store::codec;
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        dedup: Arc<Deduper>,
+        queue: Arc<IngestQueue>,
+        writer: Writer,
+        hasher: KeyHasher,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    fn rig(max_batch_events: usize) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, rec) = Store::open(StoreConfig::new(dir.path().join("db.redb"), 1 << 20)).unwrap();
+        let config = DedupConfig { recent_capacity: 100, filter_capacity: 1000, filter_fp_rate: 0.01 };
+        let dedup = Arc::new(Deduper::new(config, 0));
+        let queue = Arc::new(IngestQueue::new(16, 1000));
+        let parts = WriterParts {
+            store: Arc::new(store),
+            dedup: dedup.clone(),
+            queue: queue.clone(),
+            stats: Arc::new(Stats::new(&rec.head)),
+            metrics: Arc::new(Metrics::new()),
+            config: WriterConfig { flush_interval: Duration::from_millis(5), max_batch_events },
+            head: rec.head,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let hasher = KeyHasher::new(rec.key_hash_seed);
+        // The settler thread ends when the rig's writer (its sender) is dropped.
+        let (writer, _settler) = Writer::with_settler_thread(parts).unwrap();
+        Rig { _dir: dir, dedup, queue, writer, hasher, runtime }
+    }
+
+    /// A request's item: `new` keys claimed and stored, plus duplicates of `twins`.
+    fn item(rig: &Rig, ticket: &Arc<Ticket>, new: &[EventKey], twins: Vec<Arc<Ticket>>) -> QueuedRequest {
+        let mut claims = ClaimSet::new(rig.dedup.clone(), ticket.clone());
+        let records = new
+            .iter()
+            .map(|key| {
+                assert!(matches!(rig.dedup.claim(key, ticket), Claim::Won));
+                claims.push(key.clone());
+                let record = codec::Record {
+                    topic: key.topic(),
+                    event_id: key.event_id(),
+                    timestamp: "t",
+                    source: "",
+                    payload: "{}",
+                    received_at_us: 0,
+                };
+                NewRecord { key: key.clone(), bytes: codec::encode(&record) }
+            })
+            .collect();
+        let duplicates = twins.len() as u64;
+        QueuedRequest { records, duplicates, twins, claims, ack: AckMode::Durable }
+    }
+
+    /// The settler runs on its own thread: poll until every ticket is final.
+    fn wait_settled(tickets: &[&Arc<Ticket>]) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !tickets.iter().all(|t| t.progress().is_final()) {
+            assert!(std::time::Instant::now() < deadline, "settled in time");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn push(rig: &Rig, item: QueuedRequest) {
+        rig.runtime.block_on(rig.queue.push(item, WhenFull::Reject)).unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_twin_fails_the_item_held_for_it() {
+        let mut rig = rig(5);
+        let twin = Ticket::new();
+        let twin_key = EventKey::new(rig.hasher, "t", "k");
+        let held = Ticket::new();
+        let many: Vec<EventKey> = (0..6).map(|i| EventKey::new(rig.hasher, "t", i.to_string())).collect();
+        // The twin claims its key first but is queued only later.
+        let mut twin_claims = ClaimSet::new(rig.dedup.clone(), twin.clone());
+        assert!(matches!(rig.dedup.claim(&twin_key, &twin), Claim::Won));
+        twin_claims.push(twin_key.clone());
+        let held_item = item(&rig, &held, &many, vec![twin.clone()]);
+        push(&rig, held_item);
+        assert_eq!(rig.writer.flush_once(), Round::Waiting, "held: its twin is not queued");
+
+        drop(twin_claims); // the twin's handler hands over to its queued item instead
+        let twin_again = Ticket::new();
+        let twin_item = item(&rig, &twin_again, std::slice::from_ref(&twin_key), Vec::new());
+        push(&rig, twin_item);
+        // The first twin was abandoned (its claims released): the held item fails.
+        assert_eq!(rig.writer.flush_once(), Round::Settled);
+        wait_settled(&[&held, &twin_again]);
+        assert_eq!(held.progress(), Progress::Failed(FailReason::TwinFailed));
+        assert_eq!(twin_again.progress(), Progress::Stored);
+    }
+
+    /// Regression (review of the twin hold): items held for a twin once counted
+    /// toward the batch size, so with enough of them the writer stopped reading the
+    /// queue, where the twin was waiting: stuck for good.
+    #[test]
+    fn held_items_never_stop_the_writer_from_taking_their_twin() {
+        let mut rig = rig(5);
+        let twin = Ticket::new();
+        let twin_key = EventKey::new(rig.hasher, "t", "k");
+        let held = Ticket::new();
+        let many: Vec<EventKey> = (0..6).map(|i| EventKey::new(rig.hasher, "t", i.to_string())).collect();
+        // Claimed like the twin's handler does, then queued after the held item.
+        let twin_item = item(&rig, &twin, std::slice::from_ref(&twin_key), Vec::new());
+        let held_item = item(&rig, &held, &many, vec![twin.clone()]);
+        push(&rig, held_item);
+        assert_eq!(rig.writer.flush_once(), Round::Waiting);
+        push(&rig, twin_item);
+        assert_eq!(rig.writer.flush_once(), Round::Settled, "the twin is taken despite 6 held events");
+        wait_settled(&[&held, &twin]);
+        assert_eq!((held.progress(), twin.progress()), (Progress::Stored, Progress::Stored));
+    }
+}

@@ -1,0 +1,109 @@
+//! Storage faults enter through redb's `StorageBackend`, never through the
+//! product: [`FaultyDisk`] wraps redb's `FileBackend` (after redb's own test
+//! backends, `BlockingSyncBackend` and `CrashBackend`) and is switched by a
+//! shared [`Faults`]. Every `TestApp` runs on one; it is inert until a test
+//! arms it.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::Duration;
+
+use event_aggregator::OpenDatabase;
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
+
+/// The switches of a [`FaultyDisk`], shared with the test.
+#[derive(Debug, Default)]
+pub struct Faults {
+    broken: AtomicBool,
+    delay_ms: AtomicU64,
+}
+
+impl Faults {
+    /// Every write and sync fails with EIO (nothing reaches the file) until `heal`.
+    pub fn break_disk(&self) {
+        self.broken.store(true, SeqCst);
+    }
+    pub fn heal(&self) {
+        self.broken.store(false, SeqCst);
+    }
+    /// Each sync (and, while broken, the first failing write) takes this long.
+    pub fn slow_down(&self, delay: Duration) {
+        self.delay_ms.store(delay.as_millis() as u64, SeqCst);
+    }
+
+    fn pause(&self) {
+        let ms = self.delay_ms.load(SeqCst);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+    fn check(&self) -> io::Result<()> {
+        if self.broken.load(SeqCst) {
+            self.pause();
+            return Err(io::Error::other("injected I/O error"));
+        }
+        Ok(())
+    }
+}
+
+/// redb's file backend with the faults of [`Faults`] in front of it.
+#[derive(Debug)]
+pub struct FaultyDisk {
+    inner: FileBackend,
+    faults: Arc<Faults>,
+}
+
+/// What `event_aggregator::start_with_storage` opens (and reopens) the database with.
+pub fn opener(faults: Arc<Faults>) -> Arc<OpenDatabase> {
+    Arc::new(move |builder: &redb::Builder, path: &std::path::Path| {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        builder.create_with_backend(FaultyDisk { inner: FileBackend::new(file)?, faults: faults.clone() })
+    })
+}
+
+impl StorageBackend for FaultyDisk {
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.faults.pause();
+        self.faults.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.faults.check()?;
+        self.inner.write(offset, data)
+    }
+    fn close(&self) -> io::Result<()> {
+        self.inner.close()
+    }
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_range(start, end)
+    }
+    fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.try_lock_shared_range(start, end)
+    }
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_range(start, end)
+    }
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.lock_shared_range(start, end)
+    }
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.inner.unlock_range(start, end)
+    }
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.inner.query_lock_range(start, end)
+    }
+}
