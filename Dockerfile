@@ -8,9 +8,9 @@ WORKDIR /src
 # Dependency layer: build every dependency against stub targets, so that editing
 # src/ does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin benches/stages tests/it examples \
+RUN mkdir -p src/bin/publisher benches/stages tests/it examples \
     && echo 'fn main() {}' > src/bin/aggregator.rs \
-    && echo 'fn main() {}' > src/bin/publisher.rs \
+    && echo 'fn main() {}' > src/bin/publisher/main.rs \
     && echo 'fn main() {}' > benches/stages/main.rs \
     && echo 'fn main() {}' > tests/it/main.rs \
     && touch src/lib.rs \
@@ -21,7 +21,7 @@ COPY benches ./benches
 COPY tests ./tests
 COPY examples ./examples
 # Stubs are older than the real sources, but touch them to be sure cargo rebuilds.
-RUN touch src/lib.rs src/bin/*.rs && cargo build --release --locked --bins
+RUN touch src/lib.rs src/bin/*.rs src/bin/publisher/*.rs && cargo build --release --locked --bins
 
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 aggregator \

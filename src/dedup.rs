@@ -317,8 +317,8 @@ mod tests {
     #[test]
     fn eviction_takes_only_stored_keys_oldest_first() {
         let d = dedup(2);
-        let pending = Ticket::new();
-        d.claim(&key("p"), &pending);
+        let in_flight = Ticket::new();
+        d.claim(&key("p"), &in_flight);
         let mut order = VecDeque::new();
         for id in ["1", "2", "3"] {
             let t = Ticket::new();

@@ -33,7 +33,7 @@ pub struct Event {
 
 /// The dedup key `(topic, event_id)`, compared by exact bytes, with its 64-bit hash
 /// precomputed once. Cloning is a reference-count bump: the recent map, the queue
-/// and the writer's eviction order all share one allocation.
+/// and the settler's eviction order all share one allocation.
 #[derive(Clone)]
 pub struct EventKey(Arc<KeyInner>);
 

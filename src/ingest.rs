@@ -6,7 +6,8 @@
 //! decided and, in durable mode, on disk (its own copy or an earlier twin's);
 //! `Err` means nothing of the request was stored or counted, so a retry is safe.
 //! If the request is cancelled at any await, its `ClaimSet` (in scope or inside
-//! the queued item) releases its claims or the writer settles them.
+//! the queued item) releases its claims, or the writer fails the item, or the
+//! settler marks it stored: the outcome never depends on the handler being there.
 
 use std::sync::Arc;
 
@@ -97,7 +98,7 @@ impl Ingest {
     }
 
     /// Claim every key (sync: no map guard lives across an await). Returns each
-    /// event's first decision and the distinct tickets of pending twins.
+    /// event's first decision and the distinct tickets of in-flight twins.
     fn claim_all(
         &self,
         keys: &[EventKey],

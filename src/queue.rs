@@ -189,3 +189,94 @@ fn fail(item: QueuedRequest, reason: FailReason) -> FailReason {
     item.claims.fail(reason);
     reason
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ack::{Progress, Ticket};
+    use crate::dedup::{DedupConfig, Deduper};
+    use crate::event::{EventKey, KeyHasher};
+
+    /// A request of `events` new events (budget cost `events + 1`), and its ticket.
+    fn request(events: usize) -> (QueuedRequest, Arc<Ticket>) {
+        let config = DedupConfig { recent_capacity: 10, filter_capacity: 1000, filter_fp_rate: 0.01 };
+        let ticket = Ticket::new();
+        let claims = ClaimSet::new(Arc::new(Deduper::new(config, 0)), ticket.clone());
+        let key = |i: usize| EventKey::new(KeyHasher::new(1), "t", i.to_string());
+        let records = (0..events).map(|i| NewRecord { key: key(i), bytes: Vec::new() }).collect();
+        (QueuedRequest { records, duplicates: 0, twins: Vec::new(), claims, ack: AckMode::Durable }, ticket)
+    }
+
+    async fn push(queue: &IngestQueue, events: usize) -> (Result<(), FailReason>, Arc<Ticket>) {
+        let (item, ticket) = request(events);
+        (queue.push(item, WhenFull::Reject).await, ticket)
+    }
+
+    #[tokio::test]
+    async fn the_event_budget_holds_until_the_outcome_is_final() {
+        let queue = IngestQueue::new(8, 10);
+        assert_eq!(push(&queue, 4).await.0, Ok(()));
+        assert_eq!(push(&queue, 4).await.0, Ok(()));
+        assert_eq!(queue.in_flight(), 10);
+        let (refused, ticket) = push(&queue, 1).await;
+        assert_eq!(refused, Err(FailReason::QueueFull));
+        assert_eq!(
+            ticket.progress(),
+            Progress::Failed(FailReason::QueueFull),
+            "a refused push fails its ticket"
+        );
+        // Popping is not enough: the budget comes back with the outcome.
+        let item = queue.pop().expect("queued");
+        assert_eq!(push(&queue, 1).await.0, Err(FailReason::QueueFull));
+        queue.release(item.cost());
+        assert_eq!(push(&queue, 1).await.0, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn an_item_larger_than_the_budget_goes_through_only_alone() {
+        let queue = IngestQueue::new(8, 3);
+        assert_eq!(push(&queue, 10).await.0, Ok(()), "never stuck: an empty queue takes it");
+        assert_eq!(push(&queue, 0).await.0, Err(FailReason::QueueFull));
+        let item = queue.pop().expect("queued");
+        queue.release(item.cost());
+        assert_eq!(queue.in_flight(), 0);
+        assert_eq!(push(&queue, 0).await.0, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn the_ring_slots_bound_requests_whatever_their_size() {
+        let queue = IngestQueue::new(1, 1000);
+        assert_eq!(push(&queue, 0).await.0, Ok(()));
+        assert_eq!(push(&queue, 0).await.0, Err(FailReason::QueueFull));
+        assert_eq!(queue.in_flight(), 1, "a refused push gives its reservation back");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_push_goes_in_once_budget_is_released() {
+        let queue = Arc::new(IngestQueue::new(8, 2));
+        assert_eq!(push(&queue, 1).await.0, Ok(()));
+        let (item, _ticket) = request(1);
+        let waiting = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.push(item, WhenFull::Wait(Duration::from_secs(5))).await })
+        };
+        tokio::task::yield_now().await;
+        let first = queue.pop().expect("queued");
+        queue.release(first.cost());
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(queue.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_closed_queue_refuses_every_push() {
+        let queue = IngestQueue::new(8, 100);
+        assert_eq!(push(&queue, 1).await.0, Ok(()));
+        queue.close();
+        let (refused, ticket) = push(&queue, 1).await;
+        assert_eq!(refused, Err(FailReason::ShuttingDown));
+        assert_eq!(ticket.progress(), Progress::Failed(FailReason::ShuttingDown));
+        assert!(queue.is_closed() && queue.pop().is_some(), "what was queued is still drained");
+    }
+}

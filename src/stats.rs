@@ -58,7 +58,7 @@ pub struct BatchCommitted {
 /// The writer's figures, in `/stats` as `writer`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WriterStats {
-    /// Transactions committed since start.
+    /// Transactions whose commit returned, since start.
     #[schema(value_type = u64)]
     pub batches: Counter,
     /// Commits that failed since start.

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
+use super::handle::{Head, Recovered, Store, StoreConfig};
+use super::index;
 use super::schema::{self, EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
-use super::{Head, Recovered, Store, StoreConfig, index};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -83,8 +84,8 @@ impl Store {
 
     /// Startup filter rebuild: call `f` with the hash of every stored key. A key
     /// caught mid-merge may be reported twice, which a filter does not mind.
-    pub fn for_each_key_hash(&self, f: &mut dyn FnMut(u64)) -> Result<u64, super::ReadError> {
-        let db = self.database().ok_or(super::ReadError::Closed)?;
+    pub fn for_each_key_hash(&self, f: &mut dyn FnMut(u64)) -> Result<u64, super::read::ReadError> {
+        let db = self.database().ok_or(super::read::ReadError::Closed)?;
         let txn = db.begin_read()?;
         let mut n = 0;
         for entry in txn.open_table(KEY_INDEX)?.iter()? {
@@ -102,8 +103,8 @@ impl Store {
 
     /// Writer only, after a reopen: hashes of the keys stored at `seq` or later
     /// (the batch of a commit that failed, yet reached the disk).
-    pub fn key_hashes_from(&self, seq: u64) -> Result<Vec<u64>, super::ReadError> {
-        let db = self.database().ok_or(super::ReadError::Closed)?;
+    pub fn key_hashes_from(&self, seq: u64) -> Result<Vec<u64>, super::read::ReadError> {
+        let db = self.database().ok_or(super::read::ReadError::Closed)?;
         let txn = db.begin_read()?;
         let log = txn.open_table(KEY_LOG)?;
         // Rows are keyed by their batch's first seq: start at the row holding `seq`.

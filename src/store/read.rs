@@ -4,8 +4,9 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 
+use super::codec;
+use super::handle::{Page, Store, StoredEvent};
 use super::schema::{EVENTS, KEY_INDEX, TOPIC_RUNS, TOPICS};
-use super::{Page, Store, StoredEvent, codec};
 use crate::event::{EventKey, Seq};
 
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,9 @@
 
 use std::path::Path;
 
+use super::handle::DEFAULT_MERGE_THRESHOLD;
 use super::*;
-use crate::event::KeyHasher;
+use crate::event::{EventKey, KeyHasher, Seq};
 
 fn config(path: &Path, merge_threshold: usize) -> StoreConfig {
     StoreConfig { merge_threshold, ..StoreConfig::new(path, 1 << 20) }

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 
 use redb::{ReadableTable, WriteTransaction};
 
+use super::codec;
+use super::handle::{Head, Row, Store};
+use super::index;
 use super::schema::{EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
-use super::{Head, Row, Store, codec, index};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {

@@ -61,3 +61,39 @@ async fn bad_configuration_fails_with_one_line() {
     assert!(line.starts_with("aggregator: cannot listen on") && line.lines().count() == 1, "{line}");
     assert!(!line.contains("panicked") && !line.contains("backtrace"));
 }
+
+/// `Config::default()` is the documented defaults whatever the environment holds
+/// (the container sets `API_HOST` and `ACK_MODE`): only the binary reads it. The
+/// check runs in a child of this test binary, so the variables can be set for it.
+#[test]
+fn config_default_ignores_the_environment() {
+    let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "cli::config_default_in_a_child", "--ignored", "--test-threads", "1"])
+        .env("ACK_MODE", "buffered")
+        .env("API_HOST", "0.0.0.0")
+        .env("API_PORT", "9")
+        .env("MAX_BATCH_EVENTS", "1")
+        .output()
+        .expect("child runs");
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(child.status.success() && stdout.contains("1 passed"), "{stdout}");
+}
+
+#[test]
+#[ignore = "run by config_default_ignores_the_environment, with the environment set"]
+fn config_default_in_a_child() {
+    assert_eq!(std::env::var("ACK_MODE").as_deref(), Ok("buffered"), "run through the parent test");
+    let config = event_aggregator::Config::default();
+    assert_eq!(config.ack_mode, event_aggregator::AckMode::Durable);
+    assert_eq!(config.listen_addr().to_string(), "127.0.0.1:8000");
+    assert_eq!(config.max_batch_events, 10_000);
+}
+
+#[tokio::test]
+async fn publisher_help_describes_the_publisher_not_the_server() {
+    let out = Command::new(env!("CARGO_BIN_EXE_publisher")).arg("--help").output().await.expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let first = help.lines().next().unwrap_or_default();
+    assert!(first.starts_with("Load simulator for event-aggregator"), "{first}");
+    assert!(help.contains("DUP_RATE") && help.contains("AGGREGATOR_URL"), "{help}");
+}

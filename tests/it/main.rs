@@ -7,6 +7,7 @@ mod crash;
 mod disk;
 mod faults;
 mod helpers;
+mod layout;
 mod publisher;
 mod restart;
 mod stress;

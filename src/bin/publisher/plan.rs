@@ -9,7 +9,7 @@ use bytes::Bytes;
 use event_aggregator::api::EventIn;
 use serde_json::value::RawValue;
 
-use super::{Args, Format};
+use crate::args::{Args, Format};
 
 /// One request, ready to send.
 pub struct Request {

@@ -9,7 +9,10 @@ use event_aggregator::api::StatsBody;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::{Args, Plan, PublisherError, Tally};
+use crate::args::Args;
+use crate::error::PublisherError;
+use crate::plan::Plan;
+use crate::send::Tally;
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Counts {

@@ -1,0 +1,121 @@
+//! The store's handle and the values its operations take and return. The
+//! `Database` sits behind a lock only so that the writer can replace it on
+//! reopen: readers clone the `Arc` for one operation and see `Closed` while a
+//! reopen is in progress. The operations themselves are in `open`, `write` and
+//! `read`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use redb::{Database, DatabaseError};
+
+use super::index::KeyIndex;
+use crate::event::{EventKey, Seq};
+
+/// Opens the database for a path with a builder: the default is redb's file
+/// backend; tests wrap that backend to inject storage faults.
+pub type OpenDatabase = dyn Fn(&redb::Builder, &Path) -> Result<Database, DatabaseError> + Send + Sync;
+
+/// How to open the store; kept, because the writer reopens it after an I/O error.
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    /// redb page cache, in bytes.
+    pub cache_bytes: usize,
+    /// Merge the key log into `KEY_INDEX` once it holds this many pairs.
+    pub merge_threshold: usize,
+    /// `None`: redb's file backend at `path`.
+    pub open_database: Option<Arc<OpenDatabase>>,
+}
+
+/// Default for [`StoreConfig::merge_threshold`].
+pub const DEFAULT_MERGE_THRESHOLD: usize = 1 << 18;
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>, cache_bytes: usize) -> Self {
+        StoreConfig {
+            path: path.into(),
+            cache_bytes,
+            merge_threshold: DEFAULT_MERGE_THRESHOLD,
+            open_database: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("path", &self.path)
+            .field("cache_bytes", &self.cache_bytes)
+            .field("merge_threshold", &self.merge_threshold)
+            .field("custom_backend", &self.open_database.is_some())
+            .finish()
+    }
+}
+
+/// Where the next batch goes; owned by the writer, recovered at open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Head {
+    pub next_seq: u64,
+    pub next_topic_id: u32,
+    pub unique: u64,
+    pub duplicates: u64,
+}
+
+/// What `open` found on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered {
+    pub key_hash_seed: u64,
+    pub head: Head,
+    pub stored_keys: u64,
+}
+
+/// One new event for `append`.
+pub struct Row<'a> {
+    pub key: &'a EventKey,
+    /// `codec` bytes of the record.
+    pub bytes: &'a [u8],
+}
+
+/// A stored event, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: Seq,
+    pub topic: String,
+    pub event_id: String,
+    pub timestamp: String,
+    pub source: String,
+    /// The payload object's JSON text, byte-for-byte as it was sent.
+    pub payload: String,
+    /// Server receive time, microseconds since the Unix epoch.
+    pub received_at_us: i64,
+}
+
+/// A page of `GET /events`.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// In ascending `seq`.
+    pub events: Vec<StoredEvent>,
+    /// Cursor for the next page; `None` on the last page.
+    pub next_after: Option<Seq>,
+}
+
+pub struct Store {
+    pub(super) config: StoreConfig,
+    /// `None` only while the writer reopens it.
+    pub(super) db: RwLock<Option<Arc<Database>>>,
+    /// In-memory mirror of `KEY_LOG` and the merge in progress.
+    pub(super) index: KeyIndex,
+}
+
+impl Store {
+    /// False from a reopen's start until one succeeds.
+    pub fn is_open(&self) -> bool {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// The database for one operation, or `None` while it is being reopened.
+    pub(super) fn database(&self) -> Option<Arc<Database>> {
+        self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
