@@ -72,7 +72,7 @@ pub enum FailReason {
 }
 
 /// One per request. Shared (`Arc`) by the handler, the queued item and the recent
-/// map's pending slots.
+/// map's in-flight slots.
 #[derive(Debug)]
 pub struct Ticket {
     progress: watch::Sender<Progress>,

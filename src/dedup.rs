@@ -12,8 +12,8 @@
 //!   So an in-flight key is never forgotten, and an evicted key is still in the filter.
 //! - **Who changes what.** Handlers claim and release (through `ClaimSet`); only
 //!   the settler thread sets filter bits, marks keys `Stored` and evicts (the
-//!   writer does it on its own thread only if the settler is gone, and adds the
-//!   keys a reopen finds on disk); the startup rebuild runs before either thread starts.
+//!   writer does it on its own thread only if the settler is gone); the startup
+//!   rebuild runs before either thread starts.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,7 +63,7 @@ pub struct DedupConfig {
 pub struct Deduper {
     recent: DashMap<EventKey, Slot, BuildKeyHasher>,
     /// Hashes of every stored key. Readers: request handlers. Writers: the startup
-    /// rebuild, then the settler thread only.
+    /// rebuild, then the settler (or the writer's fallback copy of it) only.
     filter: RwLock<Bloom<u64>>,
     filter_items: AtomicU64,
     config: DedupConfig,
@@ -130,14 +130,6 @@ impl Deduper {
             n += 1;
         }
         self.filter_items.fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Writer only, after reopening the database: hashes of keys found on disk
-    /// from a commit that was reported as failed (coverage holds for them too).
-    pub fn add_hashes(&self, hashes: &[u64]) {
-        let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
-        hashes.iter().for_each(|h| filter.set(h));
-        self.filter_items.fetch_add(hashes.len() as u64, Ordering::Relaxed);
     }
 
     /// Settler only (through [`ClaimSet::mark_stored`]), after [`Self::add_to_filter`]:

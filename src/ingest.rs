@@ -168,7 +168,7 @@ impl Ingest {
     }
 
     /// Durable: wait for this request's commit (the writer holds it until every twin
-    /// is settled). Buffered: wait until every twin is committed (a twin that is
+    /// is settled). Buffered: wait until every twin is stored (a twin that is
     /// merely queued could still fail, and this request's 200 with it).
     async fn await_ack(
         &self,

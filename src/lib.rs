@@ -7,8 +7,9 @@
 //! returning a [`RunningApp`] whose `shutdown` runs the ordered stop; [`Config`]
 //! is plain data (every flag of the `aggregator` binary). [`start_with_storage`]
 //! does the same over a redb backend of the caller's (tests inject storage faults
-//! this way). [`api`] holds the HTTP wire types, for clients such as the
-//! `publisher` binary. Nothing else is public; [`internals`] is not an API.
+//! this way; [`OpenDatabase`] is the opener it takes). [`api`] holds the HTTP wire
+//! types, for clients such as the `publisher` binary. With [`StartError`] and
+//! [`AckMode`] that is the whole surface; [`internals`] is not an API.
 //!
 //! # Data path
 //! ```text

@@ -50,12 +50,12 @@ pub(crate) async fn run(parts: Parts) {
     // Steps 4 and 5, off the executor: joins block.
     let WriterThreads { writer, settler } = threads;
     let joined = tokio::task::spawn_blocking(move || (writer.join().is_ok(), settler.join().is_ok())).await;
-    match joined {
-        Ok((true, true)) => {}
-        Ok((writer_ok, _)) if !writer_ok => {
-            tracing::error!("the writer thread panicked; unacknowledged requests were not stored")
-        }
-        _ => tracing::error!("the settler thread panicked"),
+    let (writer_ok, settler_ok) = joined.unwrap_or((false, false));
+    if !writer_ok {
+        tracing::error!("the writer thread panicked; unacknowledged requests were not stored");
+    }
+    if !settler_ok {
+        tracing::error!("the settler thread panicked; the writer settled what it could");
     }
     let (received, unique_processed, duplicate_dropped) = stats.counts();
     tracing::info!(received, unique_processed, duplicate_dropped, "writer flushed and stopped");

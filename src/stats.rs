@@ -191,13 +191,6 @@ impl Stats {
         self.failing_commits.fetch_add(1, Relaxed) + 1
     }
 
-    /// Writer only, after reopening the database: the persisted counters are the
-    /// truth (a commit reported as failed may have reached the disk after all).
-    pub fn recovered(&self, head: &Head) {
-        self.unique_processed.store(head.unique, Relaxed);
-        self.duplicate_dropped.store(head.duplicates, Relaxed);
-    }
-
     /// `writer::spawn`: the writer thread is starting.
     pub fn writer_started(&self) {
         self.writer_running.store(true, Relaxed);

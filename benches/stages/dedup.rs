@@ -1,7 +1,7 @@
 //! The hot path: claim + filter check per event, for batches of 1000 keys at 0, 20
 //! and 90 % duplicates, with a Bloom filter holding 1M and 10M keys.
 //!
-//! Duplicates are keys committed in the recent map (decided in memory); new keys
+//! Duplicates are keys stored in the recent map (decided in memory); new keys
 //! are fresh and absent from the filter. Each iteration claims a batch, checks the
 //! filter for the won keys, then releases them, so the map stays the same size.
 
@@ -28,16 +28,16 @@ fn prepared(filter_keys: u64) -> (Arc<Deduper>, Vec<EventKey>) {
         })
         .expect("infallible");
     let hasher = KeyHasher::new(7);
-    let committed: Vec<EventKey> = (0..RECENT).map(|n| fixtures::key(hasher, n)).collect();
+    let stored: Vec<EventKey> = (0..RECENT).map(|n| fixtures::key(hasher, n)).collect();
     let ticket = Ticket::new();
     let mut set = ClaimSet::new(dedup.clone(), ticket.clone());
-    for k in &committed {
+    for k in &stored {
         dedup.claim(k, &ticket);
         set.push(k.clone());
     }
-    dedup.add_to_filter(committed.iter());
+    dedup.add_to_filter(stored.iter());
     set.mark_stored();
-    (dedup, committed)
+    (dedup, stored)
 }
 
 fn hot_path(c: &mut Criterion) {
@@ -45,7 +45,7 @@ fn hot_path(c: &mut Criterion) {
     group.throughput(Throughput::Elements(BATCH as u64));
     let hasher = KeyHasher::new(7);
     for filter_keys in [1_000_000u64, 10_000_000] {
-        let (dedup, committed) = prepared(filter_keys);
+        let (dedup, stored) = prepared(filter_keys);
         for dup_pct in [0usize, 20, 90] {
             let mut fresh = 1u64 << 40;
             let id = BenchmarkId::new(
@@ -58,7 +58,7 @@ fn hot_path(c: &mut Criterion) {
                         (0..BATCH)
                             .map(|i| {
                                 if i * 100 < dup_pct * BATCH {
-                                    committed[(i * 7919) % committed.len()].clone()
+                                    stored[(i * 7919) % stored.len()].clone()
                                 } else {
                                     fresh += 1;
                                     fixtures::key(hasher, fresh)

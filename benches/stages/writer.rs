@@ -56,7 +56,7 @@ fn writer(c: &mut Criterion) {
                         let keys: Vec<EventKey> =
                             (next..next + size).map(|n| fixtures::key(hasher, n)).collect();
                         next += size;
-                        let item = pending(&dedup, keys);
+                        let item = queued_request(&dedup, keys);
                         runtime.block_on(queue.push(item, WhenFull::Reject)).expect("room");
                     },
                     |()| assert_eq!(writer.flush_once(), Round::Settled),
@@ -95,7 +95,7 @@ fn writer(c: &mut Criterion) {
 }
 
 /// One request's item holding `keys` as new events, claimed like the handler does.
-fn pending(dedup: &Arc<Deduper>, keys: Vec<EventKey>) -> QueuedRequest {
+fn queued_request(dedup: &Arc<Deduper>, keys: Vec<EventKey>) -> QueuedRequest {
     let ticket = Ticket::new();
     let mut claims = ClaimSet::new(dedup.clone(), ticket.clone());
     let mut records = Vec::with_capacity(keys.len());

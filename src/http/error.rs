@@ -114,7 +114,9 @@ impl ApiError {
         match self {
             ApiError::Store(_) => "storage is unavailable; nothing was stored, retry later".into(),
             ApiError::Internal(_) => "internal error; nothing was stored".into(),
-            ApiError::Unavailable(reason) => format!("{reason}; nothing was stored, retry later"),
+            // A failed commit may yet turn out stored (see `writer::recovery`); a retry is
+            // safe either way, and finds such events as duplicates.
+            ApiError::Unavailable(reason) => format!("{reason}; nothing was acknowledged, retrying is safe"),
             other => other.to_string(),
         }
     }

@@ -64,7 +64,7 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
 }
 
 /// Refuse past the concurrency limit (429; the permit is held until the response
-/// is ready), and bound every request's time (503). Not `POST /publish`: it
+/// is ready; `/health` is never refused), and bound every request's time (503). Not `POST /publish`: it
 /// bounds its own phases up to the queue, then waits for the outcome, because a
 /// 503 must mean "nothing stored" and a queued request may still commit.
 /// Every request runs in a span carrying its id (the client's `x-request-id` if it
@@ -75,8 +75,11 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
     let id = request_id(&request);
     let span = tracing::info_span!("request", id = %id.to_str().unwrap_or_default(), route);
     let mut response = async {
-        let Ok(_permit) = guard.permits.try_acquire() else {
-            return ApiError::TooManyRequests.into_response();
+        // Liveness probes are never refused: under load they must still answer.
+        let _permit = match guard.permits.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) if route == "/health" => None,
+            Err(_) => return ApiError::TooManyRequests.into_response(),
         };
         if request.method() == axum::http::Method::POST && route == "/publish" {
             return next.run(request).await;

@@ -134,16 +134,17 @@ pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::I
 /// (a full or broken disk: publishes are being refused).
 const UNHEALTHY_AFTER_FAILED_COMMITS: u64 = 3;
 
-/// Liveness: 503 when the writer is not running or commits keep failing.
+/// Liveness of the write path: 503 when the writer is not running, commits keep
+/// failing, or the database is closed after an I/O error. Never limited by
+/// `MAX_CONCURRENT_REQUESTS`, so probes answer under load.
 #[utoipa::path(get, path = "/health", responses(
     (status = 200, body = HealthBody),
     (status = 503, body = HealthBody),
-    (status = 429, body = ErrorBody),
 ))]
 pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<HealthBody>) {
     let running = state.stats.writer_running();
     let failing = state.stats.failing_commits();
-    let healthy = running && failing < UNHEALTHY_AFTER_FAILED_COMMITS;
+    let healthy = running && failing < UNHEALTHY_AFTER_FAILED_COMMITS && state.store.is_open();
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = HealthBody {
         status: if healthy { Health::Ok } else { Health::Unavailable },

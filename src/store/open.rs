@@ -46,17 +46,24 @@ impl Store {
         Ok((store, recovered))
     }
 
-    /// Writer only, after a failed commit (redb refuses every later write until
+    /// Writer only, after an I/O error (redb refuses every later write until
     /// then): close the database once no reader holds it, open it again and
-    /// recover as at startup. Readers get `Closed` meanwhile; if opening fails the
-    /// store stays closed and the next `append` fails fast until a reopen succeeds.
-    pub fn reopen(&self) -> Result<Recovered, OpenError> {
+    /// recover as at startup; `before_readers` runs on what was recovered before
+    /// any reader can see the database again. Readers get `Closed` meanwhile; if
+    /// opening fails the store stays closed, `append` fails fast, and the writer
+    /// tries again later.
+    ///
+    /// If a reader outlives `REOPEN_WAIT`, the old handle is dropped anyway and
+    /// this open fails on redb's file lock until that reader is gone: the key-log
+    /// mirror is never rebuilt under a live reader.
+    pub fn reopen(&self, before_readers: impl FnOnce(&Recovered)) -> Result<Recovered, OpenError> {
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(old) = old {
             drop(wait_for_readers(old)?);
         }
         let db = open_database(&self.config)?;
         let recovered = self.recover(&db)?;
+        before_readers(&recovered);
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
         Ok(recovered)
     }
@@ -99,26 +106,6 @@ impl Store {
             }
         }
         Ok(n)
-    }
-
-    /// Writer only, after a reopen: hashes of the keys stored at `seq` or later
-    /// (the batch of a commit that failed, yet reached the disk).
-    pub fn key_hashes_from(&self, seq: u64) -> Result<Vec<u64>, super::read::ReadError> {
-        let db = self.database().ok_or(super::read::ReadError::Closed)?;
-        let txn = db.begin_read()?;
-        let log = txn.open_table(KEY_LOG)?;
-        // Rows are keyed by their batch's first seq: start at the row holding `seq`.
-        let start = match log.range(..=seq)?.next_back() {
-            Some(row) => row?.0.value(),
-            None => seq,
-        };
-        let mut hashes = Vec::new();
-        for row in log.range(start..)? {
-            let (_, pairs) = row?;
-            let later = index::decode_pairs(pairs.value()).filter(|&(_, s)| s >= seq);
-            hashes.extend(later.map(|(hash, _)| hash));
-        }
-        Ok(hashes)
     }
 }
 

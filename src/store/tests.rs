@@ -140,7 +140,7 @@ fn a_reopen_recovers_the_head_and_the_unmerged_keys() {
     append(&store, &mut head, &keys).unwrap();
     let reader = store.database().expect("open");
     let reopened = std::thread::scope(|s| {
-        let reopen = s.spawn(|| store.reopen());
+        let reopen = s.spawn(|| store.reopen(|_| ()));
         // A reader holding the database delays the reopen; new readers see Closed.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while !matches!(store.topics(), Err(ReadError::Closed)) {
@@ -152,7 +152,6 @@ fn a_reopen_recovers_the_head_and_the_unmerged_keys() {
     });
     assert_eq!((reopened.head, reopened.stored_keys), (head, 10));
     assert!(store.contains(&keys).unwrap().into_iter().all(|found| found), "the log mirror is back");
-    assert_eq!(store.key_hashes_from(6).unwrap(), keys[5..].iter().map(EventKey::hash).collect::<Vec<_>>());
     append(&store, &mut head, &[EventKey::new(h, "t", "after")]).unwrap();
     assert_eq!(head.next_seq, 12);
 }

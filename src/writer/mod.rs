@@ -18,12 +18,14 @@
 //!   says whether the commit reached the disk after all. If it did, the batch is
 //!   settled as committed; if not, nothing of it is stored: durable items are
 //!   failed (claims released, 503) and buffered items, already acknowledged, are
-//!   held and retried with backoff.
+//!   held and retried with backoff; if the disk cannot tell yet, the batch keeps
+//!   its keys claimed until it can (`recovery`).
 //! - **Shutdown.** After the queue is closed the writer drains it completely, then
 //!   exits, which drops its end of the settler's channel; the shutdown sequence
 //!   joins the writer, then the settler, then drops the database.
 
 mod plan;
+mod recovery;
 
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -37,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::queue::{IngestQueue, QueuedRequest};
 use crate::settler::{CommittedBatch, Settler};
 use crate::stats::{BatchCommitted, Stats};
-use crate::store::{Head, Row, Store, WriteError};
+use crate::store::{Head, Row, Store};
 use plan::{Dependencies, Verdict, plan};
 
 #[derive(Debug, Clone, Copy)]
@@ -70,8 +72,6 @@ pub struct WriterThreads {
 
 pub struct Writer {
     store: Arc<Store>,
-    /// Only to cover keys found on disk after a reopen (see `reopen`).
-    dedup: Arc<Deduper>,
     queue: Arc<IngestQueue>,
     stats: Arc<Stats>,
     config: WriterConfig,
@@ -79,6 +79,9 @@ pub struct Writer {
     /// Items carried to the next round: waiting for a twin, or buffered items
     /// whose commit failed. Written before anything newly drained.
     held: Vec<QueuedRequest>,
+    /// A batch whose commit failed while the disk cannot yet say whether it
+    /// reached it (see `recovery`).
+    uncertain: Option<Uncertain>,
     /// The writer's end of the settler's channel: committed batches go here.
     /// Dropped when the writer is, which ends the settler thread.
     settle_tx: Sender<CommittedBatch>,
@@ -86,17 +89,40 @@ pub struct Writer {
     fallback: Settler,
 }
 
-/// How often an idle writer retries opening a database closed by an I/O error.
-const REOPEN_EVERY: Duration = Duration::from_millis(100);
+/// One batch's try at a commit: its items and the two heads the disk may show.
+struct Attempt {
+    items: Vec<QueuedRequest>,
+    /// The head before the batch: what the disk shows if it is not there.
+    before: Head,
+    /// The head had the batch committed.
+    expected: Head,
+    started: Instant,
+}
+
+/// A failed commit whose outcome the disk has not told yet.
+struct Uncertain(Attempt);
+
+impl Attempt {
+    fn new(items: Vec<QueuedRequest>, before: Head, duplicates: u64, started: Instant) -> Self {
+        let new_events: u64 = items.iter().map(|p| p.records.len() as u64).sum();
+        let expected = Head {
+            next_seq: before.next_seq + new_events,
+            unique: before.unique + new_events,
+            duplicates: before.duplicates + duplicates,
+            ..before
+        };
+        Attempt { items, before, expected, started }
+    }
+}
 
 /// What one round of the writer did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Round {
     /// Nothing was queued or held.
     Idle,
-    /// At least one item reached its final outcome.
+    /// At least one item was written, failed, or went back to be retried.
     Settled,
-    /// Only held items, all still waiting for their twins (or for the disk).
+    /// Only held items, all still waiting for their twins.
     Waiting,
 }
 
@@ -127,8 +153,8 @@ impl Writer {
     /// A writer that hands committed batches to `settle_tx`.
     pub fn new(parts: WriterParts, settle_tx: Sender<CommittedBatch>) -> Self {
         let fallback = settler_for(&parts);
-        let WriterParts { store, dedup, queue, stats, metrics: _, config, head } = parts;
-        Writer { store, dedup, queue, stats, config, head, held: Vec::new(), settle_tx, fallback }
+        let WriterParts { store, queue, stats, config, head, .. } = parts;
+        Writer { store, queue, stats, config, head, held: Vec::new(), uncertain: None, settle_tx, fallback }
     }
 
     /// A writer to step on the calling thread (tests, benches), with its settler
@@ -142,33 +168,18 @@ impl Writer {
         let stats = self.stats.clone();
         let _running = RunningFlag(&stats);
         self.queue.register_writer(thread::current());
-        let mut closed_since: Option<Instant> = None;
+        let mut last_reopen: Option<Instant> = None;
         loop {
             match self.flush_once() {
                 Round::Settled => continue,
                 Round::Idle if self.queue.is_closed() && self.queue.is_empty() => break,
                 Round::Idle | Round::Waiting => {
-                    self.reopen_when_idle(&mut closed_since);
+                    self.reopen_when_idle(&mut last_reopen);
                     thread::park_timeout(self.config.flush_interval);
                 }
             }
         }
         tracing::info!(next_seq = self.head.next_seq, "writer drained the queue and stopped");
-    }
-
-    /// A database left closed by an I/O error is reopened in the background too,
-    /// so that reads and `/stats` come back without waiting for a publish. Tries
-    /// every `REOPEN_EVERY` while closed.
-    fn reopen_when_idle(&mut self, closed_since: &mut Option<Instant>) {
-        if self.store.is_open() {
-            *closed_since = None;
-            return;
-        }
-        let last = *closed_since.get_or_insert_with(Instant::now);
-        if last.elapsed() >= REOPEN_EVERY {
-            *closed_since = Some(Instant::now());
-            self.reopen(self.head);
-        }
     }
 
     /// One round: collect a batch and write it. Tests and benches step the writer
@@ -215,20 +226,20 @@ impl Writer {
                 Verdict::Fail(reason) => released += self.fail(item, reason),
             }
         }
-        let settled = released > 0 || !to_write.is_empty();
-        if !to_write.is_empty() {
-            released += self.write_items(to_write);
-        }
         if released > 0 {
             self.queue.release(released);
+        }
+        let settled = released > 0 || !to_write.is_empty();
+        if !to_write.is_empty() {
+            self.write_items(to_write);
         }
         settled
     }
 
-    /// Append and commit, then hand the items to the settler. Returns the budget
-    /// released here (only for failed items: the settler releases the rest).
-    fn write_items(&mut self, items: Vec<QueuedRequest>) -> usize {
-        if !self.store.is_open() && self.reopen(self.head).is_none() {
+    /// Append and commit, then hand the items to the settler. On failure the
+    /// items go to `recovery`, which gives back the budget of those it fails.
+    fn write_items(&mut self, items: Vec<QueuedRequest>) {
+        if !self.ensure_open() {
             // Still closed after an earlier I/O error: as good as a failed commit.
             let failures = self.stats.commit_failed();
             return self.not_stored(items, failures);
@@ -241,13 +252,12 @@ impl Writer {
             Ok(()) => {
                 self.stats.commit_succeeded();
                 self.hand_to_settler(items, before, started);
-                0
             }
-            Err(error) => self.append_failed(items, before, duplicates, started, &error),
+            Err(error) => self.append_failed(Attempt::new(items, before, duplicates, started), &error),
         }
     }
 
-    fn hand_to_settler(&mut self, items: Vec<QueuedRequest>, before: Head, started: Instant) {
+    pub(super) fn hand_to_settler(&mut self, items: Vec<QueuedRequest>, before: Head, started: Instant) {
         let figures = BatchCommitted {
             unique: self.head.unique - before.unique,
             duplicates: self.head.duplicates - before.duplicates,
@@ -263,82 +273,7 @@ impl Writer {
         }
     }
 
-    /// The commit failed: reopen, learn whether it reached the disk after all,
-    /// and settle or fail the items accordingly.
-    fn append_failed(
-        &mut self,
-        items: Vec<QueuedRequest>,
-        before: Head,
-        duplicates: u64,
-        started: Instant,
-        error: &WriteError,
-    ) -> usize {
-        let failures = self.stats.commit_failed();
-        tracing::error!(%error, items = items.len(), failures, "commit failed; reopening the database");
-        let new_events: u64 = items.iter().map(|p| p.records.len() as u64).sum();
-        let expected = Head {
-            next_seq: before.next_seq + new_events,
-            unique: before.unique + new_events,
-            duplicates: before.duplicates + duplicates,
-            ..before
-        };
-        if let Some(found) = self.reopen(before) {
-            let committed = (found.next_seq, found.unique, found.duplicates)
-                == (expected.next_seq, expected.unique, expected.duplicates);
-            if committed {
-                tracing::warn!("the failed commit reached the disk after all; settling it");
-                self.stats.commit_succeeded();
-                self.hand_to_settler(items, before, started);
-                return 0;
-            }
-        }
-        self.not_stored(items, failures)
-    }
-
-    /// Nothing of `items` was stored: fail the durable ones (503), hold the
-    /// buffered ones (already acknowledged) for a retry after a backoff.
-    fn not_stored(&mut self, items: Vec<QueuedRequest>, failures: u64) -> usize {
-        let mut released = 0;
-        for item in items {
-            if item.ack == AckMode::Buffered && !self.queue.is_closed() {
-                self.held.push(item);
-            } else {
-                released += self.fail(item, FailReason::Storage);
-            }
-        }
-        if !self.held.is_empty() {
-            let backoff = 10u64 << failures.min(7);
-            thread::sleep(Duration::from_millis(backoff));
-        }
-        released
-    }
-
-    /// Reopen the database and take its head as the truth. Keys stored past
-    /// `before` (a batch whose commit was reported failed yet reached the disk) are
-    /// added to the filter, so their duplicates still go to the exact check.
-    /// `None` if it cannot be reopened now; `append` then fails fast until it can.
-    fn reopen(&mut self, before: Head) -> Option<Head> {
-        let recovered = match self.store.reopen() {
-            Ok(recovered) => recovered,
-            Err(error) => {
-                tracing::error!(%error, "cannot reopen the database; publishes get 503 until it can");
-                return None;
-            }
-        };
-        let found = recovered.head;
-        if found.next_seq > before.next_seq {
-            match self.store.key_hashes_from(before.next_seq) {
-                Ok(hashes) => self.dedup.add_hashes(&hashes),
-                Err(error) => tracing::error!(%error, "cannot read back the keys of an uncertain commit"),
-            }
-            self.stats.recovered(&found);
-        }
-        tracing::info!(next_seq = found.next_seq, "database reopened");
-        self.head = found;
-        Some(found)
-    }
-
-    fn fail(&self, item: QueuedRequest, reason: FailReason) -> usize {
+    pub(super) fn fail(&self, item: QueuedRequest, reason: FailReason) -> usize {
         if item.ack == AckMode::Buffered && item.claims.ticket().progress() != Progress::Claimed {
             tracing::warn!(%reason, events = item.records.len(), "a buffered acknowledgement could not be kept");
         }

@@ -19,6 +19,7 @@ use redb::{BackendError, StorageBackend};
 #[derive(Debug, Default)]
 pub struct Faults {
     broken: AtomicBool,
+    syncs_fail: AtomicBool,
     delay_ms: AtomicU64,
 }
 
@@ -27,8 +28,14 @@ impl Faults {
     pub fn break_disk(&self) {
         self.broken.store(true, SeqCst);
     }
+    /// Writes reach the file but every sync fails with EIO until `heal`: a commit
+    /// reported failed may be on disk after all.
+    pub fn fail_syncs(&self) {
+        self.syncs_fail.store(true, SeqCst);
+    }
     pub fn heal(&self) {
         self.broken.store(false, SeqCst);
+        self.syncs_fail.store(false, SeqCst);
     }
     /// Each sync (and, while broken, the first failing write) takes this long.
     pub fn slow_down(&self, delay: Duration) {
@@ -79,6 +86,9 @@ impl StorageBackend for FaultyDisk {
     fn sync_data(&self) -> io::Result<()> {
         self.faults.pause();
         self.faults.check()?;
+        if self.faults.syncs_fail.load(SeqCst) {
+            return Err(io::Error::other("injected fsync error"));
+        }
         self.inner.sync_data()
     }
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {

@@ -55,7 +55,7 @@ async fn health_is_503_while_commits_keep_failing() {
 /// Invariant: a 200 for a duplicate means its earlier twin is durably stored. If
 /// the twin's commit fails, the duplicate gets 503 too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_of_a_pending_twin_shares_its_failed_commit() {
+async fn duplicate_of_an_in_flight_twin_shares_its_failed_commit() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
     app.faults().slow_down(Duration::from_millis(300));
@@ -75,7 +75,7 @@ async fn duplicate_of_a_pending_twin_shares_its_failed_commit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicate_of_a_pending_twin_waits_for_its_commit() {
+async fn duplicate_of_an_in_flight_twin_waits_for_its_commit() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
     app.faults().slow_down(Duration::from_millis(200));
@@ -142,5 +142,59 @@ async fn full_queue_is_503_and_counts_stay_exact() {
     assert_eq!(counts(&stats), (acked, acked, 0));
     assert_eq!(app.all_events(Some("full")).await.len() as u64, acked);
     assert!(stats["rejected_queue_full"].as_u64().unwrap() >= refused);
+    app.shutdown().await;
+}
+
+/// Regression (reported with issue 8): the guard dropped its permit at once, so
+/// `MAX_CONCURRENT_REQUESTS` refused nothing. A publish holding its body open
+/// keeps the only permit; other requests get 429 + Retry-After, `/health` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_concurrency_limit_get_429_and_health_still_answers() {
+    use tokio::io::AsyncWriteExt;
+    let dir = data_dir();
+    let app = TestApp::spawn_with(event_aggregator::Config {
+        max_concurrent_requests: 1,
+        ..test_config(dir.path())
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let head =
+        "POST /publish HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{";
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let refused = async || app.get("/stats").await.0 == StatusCode::TOO_MANY_REQUESTS;
+    assert!(eventually(Duration::from_secs(5), refused).await, "the held permit refuses /stats");
+    let resp = app.client.get(app.url("/events")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(app.get("/health").await.0, StatusCode::OK, "probes are never refused");
+    drop(slow);
+    let back = async || app.get("/stats").await.0 == StatusCode::OK;
+    assert!(eventually(Duration::from_secs(5), back).await, "the permit comes back with the connection");
+    assert!(app.stats().await["requests_rejected"]["too_many_requests"].as_u64() >= Some(2));
+    app.shutdown().await;
+}
+
+/// A commit whose fsync fails may still have reached the file. Its requests get
+/// 503 (or 200, if the reopen right after shows the batch), a retry meanwhile
+/// shares its fate, and once the disk answers the events are there exactly once,
+/// counted once, and found as duplicates by the next retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_reported_failed_is_stored_and_counted_at_most_once() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    app.faults().fail_syncs();
+    let batch = json!([event("u", "1"), event("u", "2")]);
+    for _ in 0..2 {
+        let (status, body) = app.publish(&batch).await;
+        assert!(matches!(status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE), "{status}: {body}");
+    }
+    heal_and_wait_for_reads(&app).await;
+    let (status, body) = app.publish(&batch).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events = app.all_events(Some("u")).await;
+    assert_eq!(events.len(), 2, "each event once: {events:?}");
+    let stats = app.stats().await;
+    let (received, unique, duplicates) = counts(&stats);
+    assert_eq!((unique, received), (2, 2 + duplicates), "{stats}");
     app.shutdown().await;
 }

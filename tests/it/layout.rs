@@ -90,18 +90,19 @@ fn imports(module: &str, code: &str, modules: &BTreeSet<String>) -> BTreeSet<Str
         let segments: Vec<&str> = full.split("::").filter(|s| !s.is_empty()).collect();
         (1..=segments.len()).rev().map(|n| segments[..n].join("::")).find(|m| modules.contains(m))
     };
+    // One line of code without comments, so that a `use` spread over lines reads whole.
+    let code: Vec<&str> = code.lines().map(|l| l.split("//").next().unwrap_or_default()).collect();
+    let code = code.join(" ");
     let mut found = BTreeSet::new();
-    for line in code.lines().map(|l| l.split("//").next().unwrap_or_default()) {
-        for path in paths_after(line, "crate::") {
-            found.insert(within("", &path).unwrap_or_default());
-        }
-        for path in paths_after(line, "super::") {
-            found.insert(within(parent, &path).unwrap_or_else(|| parent.to_owned()));
-        }
-        let trimmed = line.trim_start().trim_start_matches("pub ");
-        if let Some(rest) = trimmed.strip_prefix("use ") {
-            found.extend(within(module, &path_at(rest)).filter(|m| m.starts_with(module) && m != module));
-        }
+    for path in paths_after(&code, "crate::") {
+        found.insert(within("", &path).unwrap_or_default());
+    }
+    for path in paths_after(&code, "super::") {
+        found.insert(within(parent, &path).unwrap_or_else(|| parent.to_owned()));
+    }
+    // `use child::Item` (a parent importing its own child).
+    for path in paths_after(&code, "use ") {
+        found.extend(within(module, &path).filter(|m| m.starts_with(module) && m != module));
     }
     found.remove(module);
     found
@@ -115,7 +116,7 @@ fn paths_after(line: &str, prefix: &str) -> Vec<String> {
         if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
             continue;
         }
-        let rest = &line[at + prefix.len()..];
+        let rest = line[at + prefix.len()..].trim_start();
         match rest.strip_prefix('{') {
             Some(group) => {
                 let group = group.split('}').next().unwrap_or_default();
