@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Checks the container files on a machine without a Docker engine:
+# Static checks of the container files (the real run on an engine is
+# scripts/docker-demo.sh):
 #   1. hadolint on the Dockerfile;
 #   2. docker-compose.yml against the Compose schema and the demo's promises;
 #   3. the Dockerfile's own commands, taken from it and run here: the release build,

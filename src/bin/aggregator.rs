@@ -2,7 +2,7 @@
 //! SIGINT/SIGTERM, then shut down in order. `aggregator healthcheck` asks a
 //! running server for `/health` (the container's HEALTHCHECK; no curl needed).
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -54,6 +54,8 @@ fn main() -> ExitCode {
 
 fn run_until_signal(config: Config) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
+        // Colours only on a terminal: container logs and files stay plain text.
+        .with_ansi(std::io::stdout().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
