@@ -5,6 +5,7 @@ mod cli;
 mod contract;
 mod crash;
 mod disk;
+mod disk_full;
 mod faults;
 mod helpers;
 mod layout;
