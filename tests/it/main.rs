@@ -9,6 +9,7 @@ mod disk_full;
 mod faults;
 mod helpers;
 mod layout;
+mod power;
 mod publisher;
 mod restart;
 mod stress;
