@@ -116,13 +116,10 @@ async fn start_on(
     });
     let router = http::router(state, config.request_timeout(), config.max_concurrent_requests);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let limits = config.connection_limits();
+    let server = tokio::spawn(http::serve(listener, router, limits, async move {
+        let _ = stop_rx.await;
+    }));
     log_started(&config, addr, &recovered, &loaded, &dedup);
     let parts = crate::shutdown::Parts { stop_tx, server, queue, threads, store, stats };
     Ok(RunningApp { addr, parts })

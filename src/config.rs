@@ -12,6 +12,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use crate::ack::AckMode;
 use crate::decode::Limits;
 use crate::dedup::DedupConfig;
+use crate::http::ConnectionLimits;
 use crate::queue::WhenFull;
 use crate::store::StoreConfig;
 use crate::writer::WriterConfig;
@@ -88,9 +89,24 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
-    /// Most requests handled at once; past it clients get 429 with Retry-After.
+    /// Most requests handled at once; past it clients get 429 with Retry-After
+    /// (`/health` is never refused).
     #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 4096)]
     pub max_concurrent_requests: usize,
+
+    /// Most open client connections; past it new ones wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Longest time a request's headers may take to arrive, from their first byte,
+    /// in milliseconds; a slower client is disconnected.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// Longest time a keep-alive connection may sit with no request, in
+    /// milliseconds; then it is closed.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
 
     /// New keys kept in the append-only key log before it is merged into the sorted
     /// on-disk index (the merge is spread over 16 batches). Higher: cheaper writes,
@@ -128,6 +144,7 @@ impl Config {
             (self.max_batch_events, "--max-batch-events must be > 0"),
             (self.max_body_bytes, "--max-body-bytes must be > 0"),
             (self.max_concurrent_requests, "--max-concurrent-requests must be > 0"),
+            (self.max_connections, "--max-connections must be > 0"),
             (self.bloom_capacity, "--bloom-capacity must be > 0"),
         ];
         if let Some((_, msg)) = nonzero.iter().find(|(v, _)| *v == 0) {
@@ -138,6 +155,9 @@ impl Config {
         }
         if self.flush_interval_ms == 0 || self.request_timeout_ms == 0 {
             return Err(ConfigError("--flush-interval-ms and --request-timeout-ms must be > 0"));
+        }
+        if self.header_read_timeout_ms == 0 || self.idle_timeout_ms == 0 {
+            return Err(ConfigError("--header-read-timeout-ms and --idle-timeout-ms must be > 0"));
         }
         Ok(())
     }
@@ -169,6 +189,13 @@ impl Config {
         match self.enqueue_timeout_ms {
             0 => WhenFull::Reject,
             ms => WhenFull::Wait(Duration::from_millis(ms)),
+        }
+    }
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
         }
     }
     pub fn request_timeout(&self) -> Duration {

@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod openapi;
 mod publish;
+mod serve;
 mod state;
 mod status;
 
@@ -27,6 +28,7 @@ use tracing::Instrument;
 pub use error::{ErrorBody, ErrorItem, RETRY_AFTER_SECS};
 pub use events::{EventOut, EventsPage};
 pub use publish::{Accepted, EventIn, EventsWrapper, PublishBody, PublishResponse};
+pub use serve::{ConnectionLimits, serve};
 pub use state::{AppState, SharedState};
 pub use status::{Health, HealthBody, StatsBody};
 

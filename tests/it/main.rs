@@ -2,6 +2,7 @@
 //! over real HTTP. One test binary (one link) with a module per concern.
 
 mod cli;
+mod connections;
 mod contract;
 mod crash;
 mod disk;
