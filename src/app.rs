@@ -32,6 +32,8 @@ pub enum StartError {
     Rebuild { path: String, source: ReadError },
     #[error("cannot start the writer thread: {0}")]
     Writer(std::io::Error),
+    #[error("cannot read the bearer token file: {0}")]
+    TokenFile(std::io::Error),
 }
 
 /// A started service. Dropping it without `shutdown` leaves the server running
@@ -69,6 +71,7 @@ async fn start_on(
     open_database: Option<Arc<OpenDatabase>>,
 ) -> Result<RunningApp, StartError> {
     config.validate()?;
+    let token = config.bearer_token().map_err(StartError::TokenFile)?;
     let addr = config.listen_addr();
     let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
@@ -114,13 +117,14 @@ async fn start_on(
         default_ack: config.ack_mode,
         request_timeout: config.request_timeout(),
     });
-    let router = http::router(state, config.request_timeout(), config.max_concurrent_requests);
+    let router =
+        http::router(state, config.request_timeout(), config.max_concurrent_requests, token.as_deref());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let limits = config.connection_limits();
     let server = tokio::spawn(http::serve(listener, router, limits, async move {
         let _ = stop_rx.await;
     }));
-    log_started(&config, addr, &recovered, &loaded, &dedup);
+    log_started(&config, addr, &recovered, &loaded, &dedup, token.is_some());
     let parts = crate::shutdown::Parts { stop_tx, server, queue, threads, store, stats };
     Ok(RunningApp { addr, parts })
 }
@@ -152,11 +156,19 @@ fn open_and_rebuild(
     Ok((store, recovered, dedup, loaded))
 }
 
-fn log_started(config: &Config, addr: SocketAddr, recovered: &Recovered, loaded: &Loaded, dedup: &Deduper) {
+fn log_started(
+    config: &Config,
+    addr: SocketAddr,
+    recovered: &Recovered,
+    loaded: &Loaded,
+    dedup: &Deduper,
+    token_set: bool,
+) {
     tracing::info!(
         %addr,
         db_path = %config.db_path.display(),
         ack_mode = ?config.ack_mode,
+        auth = if token_set { "bearer token" } else { "off" },
         keys_loaded = loaded.keys,
         open_ms = loaded.open_ms,
         rebuild_ms = loaded.rebuild_ms,

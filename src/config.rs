@@ -114,6 +114,16 @@ pub struct Config {
     #[arg(long, env = "INDEX_MERGE_KEYS", default_value_t = 262_144)]
     pub index_merge_keys: usize,
 
+    /// Bearer token that `POST /publish`, `GET /events`, `/stats` and `/metrics`
+    /// require (`Authorization: Bearer <token>`); unset or empty: no authentication.
+    #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    /// File holding the bearer token (surrounding whitespace is ignored); used when
+    /// `AUTH_TOKEN` is unset.
+    #[arg(long, env = "AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+
     /// redb page cache, in MiB.
     #[arg(long, env = "DB_CACHE_MB", default_value_t = 256)]
     pub db_cache_mb: usize,
@@ -203,6 +213,16 @@ impl Config {
     }
     pub fn db_cache_bytes(&self) -> usize {
         self.db_cache_mb.saturating_mul(1024 * 1024)
+    }
+    /// The bearer token in force: `AUTH_TOKEN`, else the contents of
+    /// `AUTH_TOKEN_FILE`, else none (empty counts as none).
+    pub fn bearer_token(&self) -> std::io::Result<Option<String>> {
+        let token = match (&self.auth_token, &self.auth_token_file) {
+            (Some(token), _) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+            (_, Some(path)) => Some(std::fs::read_to_string(path)?.trim().to_owned()),
+            _ => None,
+        };
+        Ok(token.filter(|t| !t.is_empty()))
     }
     /// The store on redb's file backend at `db_path`.
     pub fn store(&self) -> StoreConfig {

@@ -32,6 +32,8 @@ pub enum ApiError {
     Unavailable(FailReason),
     #[error("too many concurrent requests")]
     TooManyRequests,
+    #[error("missing or wrong bearer token (Authorization: Bearer <token>)")]
+    Unauthorized,
     #[error("request timed out")]
     Timeout,
     #[error("not found")]
@@ -104,6 +106,7 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable"),
             ApiError::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -144,6 +147,9 @@ impl IntoResponse for ApiError {
         response.extensions_mut().insert(ErrorCode(error));
         if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -79,6 +79,7 @@ struct EventsQuery {
     responses(
         (status = 200, body = EventsPage),
         (status = 422, description = "Bad query parameter", body = ErrorBody),
+        (status = 401, description = "A bearer token is configured and the request lacks it", body = ErrorBody),
         (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody),
     )

@@ -4,6 +4,7 @@
 //! `ingest` or `store`, and render; every error goes through `error::ApiError`.
 //! Children import their siblings (`state`, `error`), never this file.
 
+mod auth;
 mod error;
 mod events;
 mod openapi;
@@ -34,18 +35,27 @@ pub use status::{Health, HealthBody, StatsBody};
 
 use crate::metrics::Metrics;
 use crate::stats::Stats;
+use auth::BearerToken;
 use error::{ApiError, ErrorCode};
 
 #[derive(Clone)]
 struct Guard {
+    /// `None`: authentication is off.
+    token: Option<Arc<BearerToken>>,
     permits: Arc<Semaphore>,
     timeout: Duration,
     metrics: Arc<Metrics>,
     stats: Arc<Stats>,
 }
 
-pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usize) -> Router {
+pub fn router(
+    state: SharedState,
+    request_timeout: Duration,
+    max_concurrent: usize,
+    token: Option<&str>,
+) -> Router {
     let guard = Guard {
+        token: token.map(|t| Arc::new(BearerToken::new(t))),
         permits: Arc::new(Semaphore::new(max_concurrent)),
         timeout: request_timeout,
         metrics: state.metrics.clone(),
@@ -65,7 +75,8 @@ pub fn router(state: SharedState, request_timeout: Duration, max_concurrent: usi
         .with_state(state)
 }
 
-/// Refuse past the concurrency limit (429; the permit is held until the response
+/// Refuse what lacks the bearer token where one is configured (401), refuse past
+/// the concurrency limit (429; the permit is held until the response
 /// is ready; `/health` is never refused), and bound every request's time (503). Not `POST /publish`: it
 /// bounds its own phases up to the queue, then waits for the outcome, because a
 /// 503 must mean "nothing stored" and a queued request may still commit.
@@ -77,6 +88,9 @@ async fn guard_request(State(guard): State<Guard>, request: Request, next: Next)
     let id = request_id(&request);
     let span = tracing::info_span!("request", id = %id.to_str().unwrap_or_default(), route);
     let mut response = async {
+        if auth::protects(route) && guard.token.as_ref().is_some_and(|t| !t.admits(request.headers())) {
+            return ApiError::Unauthorized.into_response();
+        }
         // Liveness probes are never refused: under load they must still answer.
         let _permit = match guard.permits.try_acquire() {
             Ok(permit) => Some(permit),

@@ -2,7 +2,8 @@
 //! binary). The document lists the paths; every schema in it is derived from the
 //! wire types the handlers themselves take and return.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorItem};
 use super::events::{EventOut, EventsPage};
@@ -13,6 +14,7 @@ use crate::stats::{DedupStats, WriterStats};
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerAuth),
     info(
         title = "event-aggregator",
         description = "Durable, deduplicating event ingestion. A 200 from POST /publish means every \
@@ -46,6 +48,27 @@ use crate::stats::{DedupStats, WriterStats};
     ))
 )]
 pub struct ApiDoc;
+
+/// Declares the optional bearer token: on the routes `auth::protects`, either the
+/// token (when the server has one configured) or nothing (when it has not).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let scheme = SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build());
+        doc.components.get_or_insert_with(Default::default).add_security_scheme("bearer", scheme);
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !super::auth::protects(path) {
+                continue;
+            }
+            let operations = [&mut item.get, &mut item.post].into_iter().flatten();
+            for operation in operations {
+                let bearer = SecurityRequirement::new("bearer", Vec::<String>::new());
+                operation.security = Some(vec![bearer, SecurityRequirement::default()]);
+            }
+        }
+    }
+}
 
 /// The spec served at `/openapi.json` (by the Swagger UI router).
 pub fn spec() -> utoipa::openapi::OpenApi {

@@ -125,6 +125,7 @@ struct PublishQuery {
         (status = 413, description = "Body, batch or payload over its limit", body = ErrorBody),
         (status = 415, description = "Unsupported Content-Type or Content-Encoding", body = ErrorBody),
         (status = 422, description = "A rule broken; every bad index and field listed; nothing stored", body = ErrorBody),
+        (status = 401, description = "A bearer token is configured and the request lacks it", body = ErrorBody),
         (status = 429, description = "Too many concurrent requests; Retry-After", body = ErrorBody),
         (status = 503, description = "Cannot keep the promise now; nothing stored; Retry-After", body = ErrorBody),
     )

@@ -77,6 +77,7 @@ pub enum Health {
 /// Counters (persistent across restarts), topics, and writer/dedup figures.
 #[utoipa::path(get, path = "/stats", responses(
     (status = 200, body = StatsBody),
+    (status = 401, description = "A bearer token is configured and the request lacks it", body = ErrorBody),
     (status = 429, body = ErrorBody),
     (status = 503, body = ErrorBody),
 ))]
@@ -122,6 +123,7 @@ pub async fn dashboard() -> axum::response::Html<&'static str> {
 /// path, plus latency and batch-size histograms.
 #[utoipa::path(get, path = "/metrics", responses(
     (status = 200, content_type = "application/openmetrics-text", body = String),
+    (status = 401, description = "A bearer token is configured and the request lacks it", body = ErrorBody),
     (status = 429, body = ErrorBody),
 ))]
 pub async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoResponse {

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on 127.0.0.1:0 with real data directories,
 //! over real HTTP. One test binary (one link) with a module per concern.
 
+mod auth;
 mod cli;
 mod connections;
 mod contract;

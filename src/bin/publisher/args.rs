@@ -61,6 +61,9 @@ pub struct Args {
     /// to re-send a stored set (every event a duplicate).
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Bearer token, for a server started with `AUTH_TOKEN` (empty: none).
+    #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Skip the `/stats` self-check (for servers that keep no counters).
     #[arg(long)]
     pub no_check: bool,

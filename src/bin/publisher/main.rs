@@ -61,6 +61,7 @@ pub async fn run(args: Args) -> Result<Report, PublisherError> {
     }
     let base = args.url.trim_end_matches('/').to_owned();
     let client = reqwest::Client::builder()
+        .default_headers(auth_headers(args.token.as_deref())?)
         .pool_max_idle_per_host(args.concurrency)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(120))
@@ -113,4 +114,16 @@ fn run_id() -> String {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let mixed = (nanos as u64) ^ (u64::from(std::process::id()) << 40);
     format!("{:012x}", mixed & 0xffff_ffff_ffff)
+}
+
+/// `Authorization: Bearer <token>` on every request, when a token is given.
+fn auth_headers(token: Option<&str>) -> Result<reqwest::header::HeaderMap, PublisherError> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| PublisherError::Args("--token must be printable ASCII"))?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    Ok(headers)
 }
