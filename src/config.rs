@@ -51,7 +51,8 @@ pub struct Config {
     #[arg(long, env = "QUEUE_CAPACITY_REQUESTS", default_value_t = 8192)]
     pub queue_capacity_requests: usize,
 
-    /// Most events queued or being written at once; past it publishers wait, then get 503.
+    /// Most events queued or being written at once (a request counts its events
+    /// plus one); past it publishers wait, then get 503. Must exceed --max-batch-events.
     #[arg(long, env = "QUEUE_CAPACITY_EVENTS", default_value_t = 500_000)]
     pub queue_capacity_events: usize,
 
@@ -160,6 +161,10 @@ impl Config {
         if let Some((_, msg)) = nonzero.iter().find(|(v, _)| *v == 0) {
             return Err(ConfigError(msg));
         }
+        if self.queue_capacity_events <= self.max_batch_events {
+            // A request costs its events plus one: the largest must fit an empty queue.
+            return Err(ConfigError("--queue-capacity-events must exceed --max-batch-events"));
+        }
         if !(self.bloom_fp_rate > 0.0 && self.bloom_fp_rate < 1.0) {
             return Err(ConfigError("--bloom-fp-rate must be between 0 and 1"));
         }
@@ -255,5 +260,7 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config { max_batch_events: 0, ..Config::default() };
         assert!(c.validate().is_err());
+        let c = Config { queue_capacity_events: 100, max_batch_events: 100, ..Config::default() };
+        assert!(c.validate().is_err(), "the largest request must fit the queue's budget");
     }
 }

@@ -56,8 +56,28 @@ enum Decision {
     Duplicate,
 }
 
+/// A request in the queue: decided, claimed, handed to the writer. Only its ack
+/// is left to wait for, which no timeout may cut short (a 503 must mean that
+/// nothing was stored, and a queued request may still commit).
+pub struct Queued {
+    ticket: Arc<Ticket>,
+    twins: Vec<Arc<Ticket>>,
+    ack: AckMode,
+    outcome: Outcome,
+}
+
+impl Queued {
+    /// Wait for the ack `ack` asks for; `Ok` carries what the request did.
+    pub async fn outcome(self) -> Result<Outcome, IngestError> {
+        await_ack(&self.ticket, &self.twins, self.ack).await?;
+        Ok(self.outcome)
+    }
+}
+
 impl Ingest {
-    pub async fn publish(&self, events: Vec<Event>, ack: AckMode) -> Result<Outcome, IngestError> {
+    /// Key, claim, decide (the disk check included) and queue one request's
+    /// events. Cancel-safe: dropped at any await, its claims are released.
+    pub async fn queue(&self, events: Vec<Event>, ack: AckMode) -> Result<Queued, IngestError> {
         let received = events.len();
         let received_at_us = chrono::Utc::now().timestamp_micros();
         // The key takes the event's topic and id (moved, not copied).
@@ -93,8 +113,7 @@ impl Ingest {
             return Err(reason.into());
         }
         ticket.advance(Progress::Queued);
-        self.await_ack(&ticket, &twins, ack).await?;
-        Ok(outcome)
+        Ok(Queued { ticket, twins, ack, outcome })
     }
 
     /// Claim every key (sync: no map guard lives across an await). Returns each
@@ -166,31 +185,26 @@ impl Ingest {
         tally.false_positives = to_check.len() as u64 - on_disk;
         Ok(())
     }
+}
 
-    /// Durable: wait for this request's commit (the writer holds it until every twin
-    /// is settled). Buffered: wait until every twin is stored (a twin that is
-    /// merely queued could still fail, and this request's 200 with it).
-    async fn await_ack(
-        &self,
-        ticket: &Ticket,
-        twins: &[Arc<Ticket>],
-        ack: AckMode,
-    ) -> Result<(), FailReason> {
-        let own = match ack {
-            AckMode::Durable => ticket.wait_final().await,
-            AckMode::Buffered => {
-                for twin in twins {
-                    if let Progress::Failed(_) = twin.wait_final().await {
-                        return Err(FailReason::TwinFailed);
-                    }
+/// Durable: wait for this request's commit (the writer holds it until every twin
+/// is settled). Buffered: wait until every twin is stored (a twin that is
+/// merely queued could still fail, and this request's 200 with it).
+async fn await_ack(ticket: &Ticket, twins: &[Arc<Ticket>], ack: AckMode) -> Result<(), FailReason> {
+    let own = match ack {
+        AckMode::Durable => ticket.wait_final().await,
+        AckMode::Buffered => {
+            for twin in twins {
+                if let Progress::Failed(_) = twin.wait_final().await {
+                    return Err(FailReason::TwinFailed);
                 }
-                ticket.progress()
             }
-        };
-        match own {
-            Progress::Failed(reason) => Err(reason),
-            _ => Ok(()),
+            ticket.progress()
         }
+    };
+    match own {
+        Progress::Failed(reason) => Err(reason),
+        _ => Ok(()),
     }
 }
 

@@ -22,6 +22,7 @@ use super::state::SharedState;
 use crate::ack::AckMode;
 use crate::decode::{self, BodyFormat, ContentError, Encoding, Limits};
 use crate::event::Event;
+use crate::ingest::Queued;
 
 /// Bodies larger than this are decoded on a blocking thread, off the executor.
 const INLINE_DECODE_BYTES: usize = 256 * 1024;
@@ -141,20 +142,13 @@ pub async fn publish(
     let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let format = BodyFormat::from_content_type(header(header::CONTENT_TYPE))?;
     let encoding = Encoding::from_header(header(header::CONTENT_ENCODING))?;
-    let limits = state.limits;
-    // Bounded like any request until queued; `ingest` bounds the enqueue wait.
-    let bytes = tokio::time::timeout(state.request_timeout, read_body(body, limits.max_body_bytes))
-        .await
-        .map_err(|_| ApiError::Timeout)??;
-    let events = if bytes.len() <= INLINE_DECODE_BYTES {
-        decode_body(format, encoding, &bytes, &limits)?
-    } else {
-        tokio::task::spawn_blocking(move || decode_body(format, encoding, &bytes, &limits))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
-    };
     let ack = query.ack.unwrap_or(state.default_ack);
-    let outcome = state.ingest.publish(events, ack).await?;
+    // Everything up to the queue is bounded by the request timeout (a 503 then
+    // means nothing was claimed or stored); the wait for the ack after is not.
+    let until_queued = read_decode_and_queue(&state, format, encoding, body, ack);
+    let queued =
+        tokio::time::timeout(state.request_timeout, until_queued).await.map_err(|_| ApiError::Timeout)??;
+    let outcome = queued.outcome().await?;
     Ok(Json(PublishResponse {
         status: Accepted::Accepted,
         received: outcome.received,
@@ -163,6 +157,25 @@ pub async fn publish(
         duplicates: outcome.duplicate_indices.len(),
         duplicate_indices: outcome.duplicate_indices,
     }))
+}
+
+async fn read_decode_and_queue(
+    state: &SharedState,
+    format: BodyFormat,
+    encoding: Encoding,
+    body: Body,
+    ack: AckMode,
+) -> Result<Queued, ApiError> {
+    let limits = state.limits;
+    let bytes = read_body(body, limits.max_body_bytes).await?;
+    let events = if bytes.len() <= INLINE_DECODE_BYTES {
+        decode_body(format, encoding, &bytes, &limits)?
+    } else {
+        tokio::task::spawn_blocking(move || decode_body(format, encoding, &bytes, &limits))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    };
+    Ok(state.ingest.queue(events, ack).await?)
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ContentError> {

@@ -21,7 +21,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub default_ack: AckMode,
-    /// Bounds every request, except a publish once it is queued (see `guard_request`).
+    /// Bounds every request; a publish only up to the queue (body, decode, disk
+    /// check, enqueue), never its wait for the ack (see `guard_request`).
     pub request_timeout: Duration,
 }
 

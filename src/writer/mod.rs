@@ -79,6 +79,9 @@ pub struct Writer {
     /// Items carried to the next round: waiting for a twin, or buffered items
     /// whose commit failed. Written before anything newly drained.
     held: Vec<QueuedRequest>,
+    /// Popped, but left for the next round: it would have taken the batch past
+    /// `max_batch_events`. Counts toward the next round's size.
+    next: Option<QueuedRequest>,
     /// A batch whose commit failed while the disk cannot yet say whether it
     /// reached it (see `recovery`).
     uncertain: Option<Uncertain>,
@@ -154,7 +157,18 @@ impl Writer {
     pub fn new(parts: WriterParts, settle_tx: Sender<CommittedBatch>) -> Self {
         let fallback = settler_for(&parts);
         let WriterParts { store, queue, stats, config, head, .. } = parts;
-        Writer { store, queue, stats, config, head, held: Vec::new(), uncertain: None, settle_tx, fallback }
+        Writer {
+            store,
+            queue,
+            stats,
+            config,
+            head,
+            held: Vec::new(),
+            next: None,
+            uncertain: None,
+            settle_tx,
+            fallback,
+        }
     }
 
     /// A writer to step on the calling thread (tests, benches), with its settler
@@ -172,7 +186,9 @@ impl Writer {
         loop {
             match self.flush_once() {
                 Round::Settled => continue,
-                Round::Idle if self.queue.is_closed() && self.queue.is_empty() => break,
+                Round::Idle if self.queue.is_closed() && self.queue.is_empty() && self.next.is_none() => {
+                    break;
+                }
                 Round::Idle | Round::Waiting => {
                     self.reopen_when_idle(&mut last_reopen);
                     thread::park_timeout(self.config.flush_interval);
@@ -195,13 +211,23 @@ impl Writer {
     /// Held items first, then newly queued ones, up to the batch size.
     /// Held items never count toward the batch size: they may be waiting for a
     /// twin that is still in the queue, which must be taken for them to go ahead.
+    /// `max_batch_events` is a cap: an item that would pass it waits for the next
+    /// round (`next`), unless it is the round's first (a single request larger than
+    /// the cap is written alone).
     fn collect(&mut self) -> Vec<QueuedRequest> {
         let mut batch = std::mem::take(&mut self.held);
         let mut events = 0;
-        while events < self.config.max_batch_events {
-            let Some(item) = self.queue.pop() else { break };
-            events += item.records.len();
+        while let Some(item) = self.next.take().or_else(|| self.queue.pop()) {
+            let len = item.records.len();
+            if events > 0 && events + len > self.config.max_batch_events {
+                self.next = Some(item);
+                break;
+            }
+            events += len;
             batch.push(item);
+            if events >= self.config.max_batch_events {
+                break;
+            }
         }
         batch
     }
@@ -393,6 +419,25 @@ mod tests {
         wait_settled(&[&held, &twin_again]);
         assert_eq!(held.progress(), Progress::Failed(FailReason::TwinFailed));
         assert_eq!(twin_again.progress(), Progress::Stored);
+    }
+
+    /// `WRITER_BATCH_MAX_EVENTS` is a cap, not a threshold: a request that would
+    /// pass it waits for the next transaction; one larger than the cap goes alone.
+    #[test]
+    fn a_batch_never_passes_the_event_cap_unless_one_request_does() {
+        let mut rig = rig(5);
+        let keys: Vec<EventKey> = (0..13).map(|i| EventKey::new(rig.hasher, "t", i.to_string())).collect();
+        let tickets: Vec<Arc<Ticket>> = (0..3).map(|_| Ticket::new()).collect();
+        for (ticket, range) in tickets.iter().zip([0..3, 3..6, 6..13]) {
+            push(&rig, item(&rig, ticket, &keys[range], Vec::new()));
+        }
+        let mut batches = Vec::new();
+        while rig.writer.flush_once() == Round::Settled {
+            batches.push(rig.writer.head.next_seq - 1);
+        }
+        // Stored seqs after each round: 3 events, then 3 more, then the 7 alone.
+        assert_eq!(batches, vec![3, 6, 13]);
+        wait_settled(&tickets.iter().collect::<Vec<_>>());
     }
 
     /// Regression (review of the twin hold): items held for a twin once counted

@@ -21,6 +21,7 @@ pub struct Faults {
     broken: AtomicBool,
     syncs_fail: AtomicBool,
     delay_ms: AtomicU64,
+    read_delay_ms: AtomicU64,
 }
 
 impl Faults {
@@ -40,6 +41,11 @@ impl Faults {
     /// Each sync (and, while broken, the first failing write) takes this long.
     pub fn slow_down(&self, delay: Duration) {
         self.delay_ms.store(delay.as_millis() as u64, SeqCst);
+    }
+
+    /// Each read takes this long (a disk check that hits a slow disk).
+    pub fn slow_reads(&self, delay: Duration) {
+        self.read_delay_ms.store(delay.as_millis() as u64, SeqCst);
     }
 
     fn pause(&self) {
@@ -77,6 +83,10 @@ impl StorageBackend for FaultyDisk {
         self.inner.len()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let ms = self.faults.read_delay_ms.load(SeqCst);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         self.inner.read(offset, out)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {

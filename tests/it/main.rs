@@ -10,6 +10,7 @@ mod disk;
 mod disk_full;
 mod faults;
 mod helpers;
+mod knobs;
 mod layout;
 mod power;
 mod publisher;
