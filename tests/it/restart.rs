@@ -32,6 +32,26 @@ async fn restart_keeps_events_counters_and_dedup() {
     app.shutdown().await;
 }
 
+/// The case above restarts with most keys still in the key log; here a whole
+/// merge has moved them into `key_index` first (a merge takes 16 further commits),
+/// so the filter is rebuilt from the merged index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_rebuilds_the_filter_from_the_merged_index() {
+    let dir = data_dir();
+    let config = event_aggregator::Config { index_merge_keys: 64, ..crate::helpers::test_config(dir.path()) };
+    let app = TestApp::spawn_with(config).await;
+    let batch: Vec<Value> = (0..300).map(|i| event("m", &format!("e{i}"))).collect();
+    assert_eq!(app.publish(&json!(batch)).await.0, StatusCode::OK);
+    for i in 0..20 {
+        assert_eq!(app.publish(&event("later", &i.to_string())).await.0, StatusCode::OK);
+    }
+    let app = app.restart().await;
+    let (status, body) = app.publish(&json!(batch)).await;
+    assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(300)), "{body}");
+    assert_eq!(app.stats().await["dedup"]["duplicates_on_disk"], 300);
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_instance_cannot_open_a_database_in_use() {
     let dir = data_dir();
