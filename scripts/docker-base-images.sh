@@ -25,6 +25,8 @@ PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 mkdir -p "$CACHE"
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+# Where a registry answers, the real image is what to use.
+pulled() { timeout 120 docker pull -q "$1" >/dev/null 2>&1; }
 
 # A cached, trimmed minbase root filesystem as a tarball: rootfs NAME [PACKAGES].
 rootfs() {
@@ -33,7 +35,9 @@ rootfs() {
     echo "$tar"
     return
   fi
-  command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >&2
+  if ! command -v debootstrap >/dev/null; then
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
+  fi
   local dir
   dir=$(mktemp -d)
   echo "debootstrap $1 (${2:-no extra packages}) ..." >&2
@@ -51,6 +55,8 @@ rootfs() {
 
 if have "$SLIM"; then
   echo "$SLIM: present"
+elif pulled "$SLIM"; then
+  echo "$SLIM: pulled"
 else
   docker import --change "ENV PATH=$PATH_ENV" --change 'CMD ["bash"]' "$(rootfs bookworm-minbase)" "$SLIM"
   echo "$SLIM: built from debootstrap"
@@ -60,6 +66,11 @@ if have "$RUST"; then
   echo "$RUST: present"
   exit 0
 fi
+if pulled "$RUST"; then
+  echo "$RUST: pulled"
+  exit 0
+fi
+command -v rustup >/dev/null || { echo "the stand-in for $RUST needs a rustup toolchain" >&2; exit 1; }
 rustc_version=$(rustc --version | cut -d' ' -f2)
 case "$RUST" in
   "rust:${rustc_version%.*}"-*) ;;

@@ -26,6 +26,11 @@ compose() {
   fi
 }
 cleanup() { compose down --remove-orphans >/dev/null 2>&1 || true; }
+command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl; }
+if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+  echo "docker demo: port $PORT is in use on this host; it needs it for the compose file's 8000:8000" >&2
+  exit 1
+fi
 trap cleanup EXIT
 fail() {
   echo "docker demo: $*" >&2
@@ -55,7 +60,7 @@ echo "$first build ${cold} s, cached ${cached} s, runtime image ${size_mb} MB"
 
 echo "== compose up (the demo)"
 # ./data must be writable by the image's user.
-chown 10001 data
+chown -R 10001:10001 data
 set +e
 compose up --build --abort-on-container-exit --exit-code-from publisher 2>&1 | tee "$OUT/up.log"
 status=${PIPESTATUS[0]}
@@ -76,7 +81,8 @@ compose down
 
 echo "== up again: counters carried over, /stats from the host"
 compose up -d aggregator
-container=$(compose ps -q aggregator)
+container=$(compose ps -q aggregator || true)
+[ -n "$container" ] || fail "the aggregator container did not start"
 health=starting
 for _ in $(seq 120); do
   health=$(docker inspect --format '{{.State.Health.Status}}' "$container")
@@ -102,7 +108,7 @@ grep -q "self-check  OK" "$OUT/republish.log" || fail "the re-publish self-check
 
 echo "== down"
 compose down
-left=$(docker ps -aq --filter "label=com.docker.compose.project=$(basename "$PWD")" | wc -l)
+left=$(compose ps -q | wc -l)
 [ "$left" -eq 0 ] || fail "$left containers left after down"
 
 {

@@ -223,11 +223,21 @@ impl Config {
     /// `AUTH_TOKEN_FILE`, else none (empty counts as none).
     pub fn bearer_token(&self) -> std::io::Result<Option<String>> {
         let token = match (&self.auth_token, &self.auth_token_file) {
-            (Some(token), _) if !token.trim().is_empty() => Some(token.trim().to_owned()),
-            (_, Some(path)) => Some(std::fs::read_to_string(path)?.trim().to_owned()),
-            _ => None,
+            (Some(token), _) if !token.trim().is_empty() => token.trim().to_owned(),
+            (_, Some(path)) => {
+                let token = std::fs::read_to_string(path)?.trim().to_owned();
+                // A secret that was not mounted must not turn authentication off.
+                if token.is_empty() {
+                    return Err(std::io::Error::other(format!("{} is empty", path.display())));
+                }
+                token
+            }
+            _ => return Ok(None),
         };
-        Ok(token.filter(|t| !t.is_empty()))
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(std::io::Error::other("the bearer token must be printable ASCII without spaces"));
+        }
+        Ok(Some(token))
     }
     /// The store on redb's file backend at `db_path`.
     pub fn store(&self) -> StoreConfig {

@@ -19,10 +19,11 @@ impl BearerToken {
     /// Whether the request carries this token. The comparison takes the same time
     /// whatever the bytes (only the length can differ).
     pub fn admits(&self, headers: &HeaderMap) -> bool {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-            .map(<[u8]>::trim_ascii);
+        // The scheme is case-insensitive (RFC 7235); the token is not.
+        let given = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()).and_then(|v| {
+            let (scheme, rest) = v.split_at_checked(7)?;
+            scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.trim_ascii())
+        });
         given.is_some_and(|given| bool::from(given.ct_eq(&self.0)))
     }
 }
@@ -46,7 +47,10 @@ mod tests {
     fn only_the_exact_bearer_token_is_admitted() {
         let token = BearerToken::new("s3cret");
         assert!(token.admits(&headers("Bearer s3cret")));
-        for wrong in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "bearer", "s3cret", "Bearer "] {
+        assert!(token.admits(&headers("bearer s3cret")), "the scheme is case-insensitive");
+        for wrong in
+            ["Bearer s3cre", "Bearer S3CRET", "Bearer s3cret2", "Basic s3cret", "bearer", "s3cret", "Bearer "]
+        {
             assert!(!token.admits(&headers(wrong)), "{wrong}");
         }
         assert!(!token.admits(&HeaderMap::new()));

@@ -4,8 +4,9 @@
 //! plain `axum::serve` never does:
 //! - a request's headers must all arrive within `header_read_timeout` of its
 //!   first byte (a slowloris client is closed);
-//! - a keep-alive connection with no request in flight and no new byte closes
-//!   after `idle_timeout`.
+//! - a keep-alive connection with no request in flight and no byte in or out
+//!   closes after `idle_timeout` (a slow reader of a large response is not idle
+//!   while its bytes keep going out).
 //!
 //! Request bodies and handlers are bounded by the request guard's timeouts.
 //! Shutdown stops accepting, closes idle connections, lets in-flight requests
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -98,7 +99,9 @@ async fn accept(
 }
 
 /// What one connection is doing, for the stall checks. Times are milliseconds
-/// since `start`; 0 in `request_started_ms` means no request bytes pending.
+/// since `start` (from 1); 0 in `request_started_ms` means no request is being
+/// received. A new connection counts as receiving one: a client that connects
+/// and sends nothing gets the header timeout, not the longer idle one.
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
@@ -106,6 +109,10 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// First byte of a request whose headers are not complete yet (0: none).
     request_started_ms: AtomicU64,
+    /// Last time response bytes went out: a client reading a large response
+    /// slowly is making progress, not idling (hyper may already hold the whole
+    /// body, so the body's end says nothing about the socket).
+    wrote_ms: AtomicU64,
 }
 
 impl Activity {
@@ -113,8 +120,9 @@ impl Activity {
         Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            request_started_ms: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(1),
+            request_started_ms: AtomicU64::new(1),
+            wrote_ms: AtomicU64::new(1),
         }
     }
     fn now_ms(&self) -> u64 {
@@ -122,18 +130,16 @@ impl Activity {
     }
     /// Bytes arrived: the start of a request, unless one is being handled.
     fn read(&self) {
-        if self.in_flight.load(Relaxed) == 0 && self.request_started_ms.load(Relaxed) == 0 {
-            self.request_started_ms.store(self.now_ms(), Relaxed);
+        if self.in_flight.load(SeqCst) == 0 && self.request_started_ms.load(SeqCst) == 0 {
+            self.request_started_ms.store(self.now_ms(), SeqCst);
         }
     }
-    /// Headers complete: the handler has the request.
-    fn request_began(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
-        self.request_started_ms.store(0, Relaxed);
-    }
-    fn request_ended(&self) {
-        self.idle_since_ms.store(self.now_ms(), Relaxed);
-        self.in_flight.fetch_sub(1, Relaxed);
+    /// Headers complete: the handler has the request until the returned guard
+    /// drops, which is once the response body is written (or the request dropped).
+    fn request_began(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, SeqCst);
+        self.request_started_ms.store(0, SeqCst);
+        InFlight(self.clone())
     }
 
     /// Resolves when the connection has stalled past a limit.
@@ -141,18 +147,17 @@ impl Activity {
         let tick = limits.header_read_timeout.min(limits.idle_timeout).min(Duration::from_secs(1)) / 4;
         loop {
             tokio::time::sleep(tick.max(Duration::from_millis(10))).await;
-            if self.in_flight.load(Relaxed) > 0 {
+            if self.in_flight.load(SeqCst) > 0 {
                 continue;
             }
+            let started = self.request_started_ms.load(SeqCst);
+            let idle_since = self.idle_since_ms.load(SeqCst).max(self.wrote_ms.load(SeqCst));
             let now = self.now_ms();
-            let started = self.request_started_ms.load(Relaxed);
             if started != 0 {
-                if now - started > limits.header_read_timeout.as_millis() as u64 {
+                if now.saturating_sub(started) > limits.header_read_timeout.as_millis() as u64 {
                     return "request headers not complete within the header read timeout";
                 }
-            } else if now.saturating_sub(self.idle_since_ms.load(Relaxed))
-                > limits.idle_timeout.as_millis() as u64
-            {
+            } else if now.saturating_sub(idle_since) > limits.idle_timeout.as_millis() as u64 {
                 return "idle past the idle timeout";
             }
         }
@@ -177,9 +182,20 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    fn wrote(&self, result: &Poll<io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(n)) if *n > 0) {
+            self.activity.wrote_ms.store(self.activity.now_ms(), SeqCst);
+        }
+    }
+}
+
 impl AsyncWrite for Watched {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.wrote(&result);
+        result
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -192,7 +208,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.wrote(&result);
+        result
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -212,13 +231,46 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Tracked {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
-        self.activity.request_began();
-        let activity = self.activity.clone();
+        let in_flight = self.activity.request_began();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await;
-            activity.request_ended();
-            response
+            let response = response.await?;
+            // The request ends when its body is written, not when its head is.
+            Ok(response.map(|body| axum::body::Body::new(TrackedBody { inner: body, _in_flight: in_flight })))
         })
+    }
+}
+
+/// While alive, the connection has a request in flight.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.idle_since_ms.store(self.0.now_ms(), SeqCst);
+        self.0.in_flight.fetch_sub(1, SeqCst);
+    }
+}
+
+/// A response body that ends its request's `InFlight` when dropped.
+struct TrackedBody {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -57,19 +57,59 @@ async fn a_client_dribbling_its_headers_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
     let dir = data_dir();
-    let app = app_with(dir.path(), |c| c.idle_timeout_ms = 400).await;
+    let app = app_with(dir.path(), |c| c.idle_timeout_ms = 1000).await;
     let mut busy = TcpStream::connect(app.app.addr).await.unwrap();
     let mut idle = TcpStream::connect(app.app.addr).await.unwrap();
     idle.write_all(GET_HEALTH).await.unwrap();
     assert!(response(&mut idle, Duration::from_secs(5)).await.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
-    // Ten requests 150 ms apart on one connection: never idle for 400 ms.
-    for i in 0..10 {
+    // Fifteen requests 100 ms apart on one connection: never idle for 1 s.
+    for i in 0..15 {
         busy.write_all(GET_HEALTH).await.unwrap();
         let answer = response(&mut busy, Duration::from_secs(5)).await;
         assert!(answer.is_some_and(|r| r.starts_with("HTTP/1.1 200")), "request {i} on the busy connection");
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(closed_within(&mut idle, Duration::from_millis(100)).await, "the idle one was closed meanwhile");
+    assert!(closed_within(&mut idle, Duration::from_secs(5)).await, "the idle one is closed");
+    app.shutdown().await;
+}
+
+/// A client that connects and sends nothing gets the header timeout, not the
+/// (longer) idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_new_connection_is_cut_at_the_header_timeout() {
+    let dir = data_dir();
+    let app = app_with(dir.path(), |c| {
+        c.header_read_timeout_ms = 300;
+        c.idle_timeout_ms = 60_000;
+    })
+    .await;
+    let mut silent = TcpStream::connect(app.app.addr).await.unwrap();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await, "closed well before the idle timeout");
+    app.shutdown().await;
+}
+
+/// A connection whose response bytes keep going out is not idle: a large page
+/// read slowly, over longer than the idle timeout, is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowly_read_response_is_not_cut_at_the_idle_timeout() {
+    let dir = data_dir();
+    let app = app_with(dir.path(), |c| c.idle_timeout_ms = 2000).await;
+    let filler = "x".repeat(60_000);
+    let events: Vec<serde_json::Value> = (0..200)
+        .map(|i| serde_json::json!({"topic": "big", "event_id": i.to_string(), "payload": {"f": filler}}))
+        .collect();
+    assert_eq!(app.publish(&serde_json::Value::Array(events)).await.0, reqwest::StatusCode::OK);
+    let mut slow = TcpStream::connect(app.app.addr).await.unwrap();
+    slow.write_all(b"GET /events?topic=big HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
+    let mut total = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    // ~12 MB at 64 KiB per 15 ms: about 3 s, against a 2 s idle timeout.
+    while total < 12_000_000 {
+        let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the connection was cut after {total} bytes");
+        total += n;
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
     app.shutdown().await;
 }
 

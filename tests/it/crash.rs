@@ -92,7 +92,9 @@ fn event_of((topic, id): &Key) -> Value {
 async fn send(client: &reqwest::Client, base: &str, batch: &[Key]) -> Option<bool> {
     let body: Vec<Value> = batch.iter().map(event_of).collect();
     let resp = client.post(format!("{base}/publish")).json(&body).send().await.ok()?;
-    let (status, _) = json_response(resp).await;
+    let status = resp.status();
+    // A kill can land mid-response: an unread body is no answer either.
+    resp.bytes().await.ok()?;
     Some(status == StatusCode::OK)
 }
 
