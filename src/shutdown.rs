@@ -1,6 +1,6 @@
 //! The ordered shutdown. Each step finishes before the next starts:
-//! 1. Stop accepting connections (signal axum's graceful shutdown).
-//! 2. axum drains in-flight handlers. The writer and the settler are still alive,
+//! 1. Stop accepting connections (signal `http::serve`'s graceful shutdown).
+//! 2. `http::serve` closes idle connections and drains in-flight handlers. The writer and the settler are still alive,
 //!    so the acks those handlers wait for still arrive; the request timeout
 //!    bounds this step.
 //! 3. Close the queue. The writer drains it, commits, and exits, dropping its
