@@ -41,7 +41,7 @@ async fn publish(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
     };
     match parsed {
         Ok(n) => {
-            (StatusCode::OK, format!(r#"{{"status":"accepted","received":{n},"stored":{n},"duplicates":0}}"#))
+            (StatusCode::OK, format!(r#"{{"status":"accepted","received":{n},"accepted":{n},"stored":{n},"duplicates":0,"duplicate_indices":[]}}"#))
         }
         Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!(r#"{{"detail":"{e}"}}"#)),
     }
@@ -52,8 +52,7 @@ async fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8100".into());
     let app = Router::new()
         .route("/publish", post(publish))
-        .route("/health", get(|| async { r#"{"status":"ok"}"# }))
-        .route("/stats", get(|| async { r#"{"unique_processed":0,"duplicate_dropped":0}"# }));
+        .route("/health", get(|| async { r#"{"status":"ok"}"# }));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     eprintln!("bare handler listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await
