@@ -40,9 +40,12 @@ async fn publish(headers: HeaderMap, body: Bytes) -> (StatusCode, String) {
         serde_json::from_slice::<Event>(&body).map(|_| 1)
     };
     match parsed {
-        Ok(n) => {
-            (StatusCode::OK, format!(r#"{{"status":"accepted","received":{n},"accepted":{n},"stored":{n},"duplicates":0,"duplicate_indices":[]}}"#))
-        }
+        Ok(n) => (
+            StatusCode::OK,
+            format!(
+                r#"{{"status":"accepted","received":{n},"accepted":{n},"stored":{n},"duplicates":0,"duplicate_indices":[]}}"#
+            ),
+        ),
         Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!(r#"{{"detail":"{e}"}}"#)),
     }
 }

@@ -125,13 +125,20 @@ async fn start_on(
         let _ = stop_rx.await;
     }));
     log_started(&config, addr, &recovered, &loaded, &dedup, token.is_some());
-    let parts = crate::shutdown::Parts { stop_tx, server, queue, threads, store, stats };
+    let filter = crate::shutdown::FilterSaving {
+        dedup,
+        path: crate::filter_snapshot::path_for(&config.db_path),
+        key_hash_seed: recovered.key_hash_seed,
+    };
+    let parts = crate::shutdown::Parts { stop_tx, server, queue, threads, store, stats, filter };
     Ok(RunningApp { addr, parts })
 }
 
 /// What startup read from disk, for the startup log line.
 struct Loaded {
+    /// Keys whose filter bits were set by a scan (all of them without a snapshot).
     keys: u64,
+    from_snapshot: bool,
     open_ms: u64,
     rebuild_ms: u64,
 }
@@ -147,13 +154,39 @@ fn open_and_rebuild(
         Store::open(store_config).map_err(|source| StartError::Store { path: path.clone(), source })?;
     let opened_ms = started.elapsed().as_millis();
     let rebuild_started = Instant::now();
-    let dedup = Deduper::new(config.dedup(), recovered.stored_keys);
-    let keys = dedup
-        .rebuild(|add| store.for_each_key_hash(add))
-        .map_err(|source| StartError::Rebuild { path, source })?;
-    let loaded =
-        Loaded { keys, open_ms: opened_ms as u64, rebuild_ms: rebuild_started.elapsed().as_millis() as u64 };
+    let (dedup, keys, from_snapshot) =
+        rebuild_filter(config, &store, &recovered).map_err(|source| StartError::Rebuild { path, source })?;
+    let rebuild_ms = rebuild_started.elapsed().as_millis() as u64;
+    let loaded = Loaded { keys, from_snapshot, open_ms: opened_ms as u64, rebuild_ms };
     Ok((store, recovered, dedup, loaded))
+}
+
+/// The dedup filter at startup: the saved one (`filter_snapshot`) topped up with
+/// the keys of the records after it, or, without a usable one, the full scan of
+/// the key index. Returns the filter, the keys scanned, and which way it went.
+fn rebuild_filter(
+    config: &Config,
+    store: &Store,
+    recovered: &Recovered,
+) -> Result<(Deduper, u64, bool), ReadError> {
+    let seed = recovered.key_hash_seed;
+    let saved = crate::filter_snapshot::load(&crate::filter_snapshot::path_for(&config.db_path), seed)
+        .filter(|s| s.covers_next_seq <= recovered.head.next_seq);
+    if let Some(saved) = saved {
+        let covers = saved.covers_next_seq;
+        if let Some(dedup) =
+            Deduper::from_snapshot(config.dedup(), recovered.stored_keys, saved.bytes, saved.items)
+        {
+            let hasher = KeyHasher::new(seed);
+            let keys = dedup.rebuild(|add| {
+                store.for_each_key_from(covers, &mut |topic, id| add(hasher.hash(topic, id)))
+            })?;
+            return Ok((dedup, keys, true));
+        }
+    }
+    let dedup = Deduper::new(config.dedup(), recovered.stored_keys);
+    let keys = dedup.rebuild(|add| store.for_each_key_hash(add))?;
+    Ok((dedup, keys, false))
 }
 
 fn log_started(
@@ -169,7 +202,8 @@ fn log_started(
         db_path = %config.db_path.display(),
         ack_mode = ?config.ack_mode,
         auth = if token_set { "bearer token" } else { "off" },
-        keys_loaded = loaded.keys,
+        keys_scanned = loaded.keys,
+        filter_from_snapshot = loaded.from_snapshot,
         open_ms = loaded.open_ms,
         rebuild_ms = loaded.rebuild_ms,
         next_seq = recovered.head.next_seq,

@@ -66,6 +66,10 @@ pub struct Deduper {
     /// rebuild, then the settler (or the writer's fallback copy of it) only.
     filter: RwLock<Bloom<u64>>,
     filter_items: AtomicU64,
+    /// How startup filled the filter, for `/stats`: from a snapshot or not, and
+    /// how many keys it read from disk.
+    from_snapshot: bool,
+    keys_scanned_at_start: AtomicU64,
     config: DedupConfig,
 }
 
@@ -80,8 +84,33 @@ impl Deduper {
             recent: DashMap::with_hasher(BuildKeyHasher::default()),
             filter: RwLock::new(filter),
             filter_items: AtomicU64::new(0),
+            from_snapshot: false,
+            keys_scanned_at_start: AtomicU64::new(0),
             config: DedupConfig { filter_capacity: capacity, ..config },
         }
+    }
+
+    /// Startup, from a saved filter (`filter_snapshot`) instead of the full scan.
+    /// `None` if the saved filter is unreadable or smaller than `new` would make it
+    /// for `stored_keys`; the caller then rebuilds by the scan.
+    pub fn from_snapshot(config: DedupConfig, stored_keys: u64, bytes: Vec<u8>, items: u64) -> Option<Self> {
+        let mut fresh = Deduper::new(config, stored_keys);
+        let wanted_bits =
+            Bloom::<u64>::compute_bitmap_size(fresh.config.filter_capacity, config.filter_fp_rate) * 8;
+        let filter = Bloom::from_bytes(bytes).ok()?;
+        if (filter.len() as usize) < wanted_bits {
+            return None;
+        }
+        *fresh.filter.write().unwrap_or_else(|e| e.into_inner()) = filter;
+        fresh.filter_items.store(items, Ordering::Relaxed);
+        fresh.from_snapshot = true;
+        Some(fresh)
+    }
+
+    /// Shutdown only, after the settler is joined: the filter's bytes and item count.
+    pub fn snapshot(&self) -> (Vec<u8>, u64) {
+        let filter = self.filter.read().unwrap_or_else(|e| e.into_inner());
+        (filter.to_bytes(), self.filter_items())
     }
 
     /// Startup rebuild, before the writer and settler start: `scan` calls its argument with
@@ -90,6 +119,7 @@ impl Deduper {
         let mut filter = self.filter.write().unwrap_or_else(|e| e.into_inner());
         let loaded = scan(&mut |hash| filter.set(&hash))?;
         self.filter_items.fetch_add(loaded, Ordering::Relaxed);
+        self.keys_scanned_at_start.fetch_add(loaded, Ordering::Relaxed);
         Ok(loaded)
     }
 
@@ -161,6 +191,12 @@ impl Deduper {
     }
     pub fn filter_capacity(&self) -> usize {
         self.config.filter_capacity
+    }
+    pub fn loaded_from_snapshot(&self) -> bool {
+        self.from_snapshot
+    }
+    pub fn keys_scanned_at_start(&self) -> u64 {
+        self.keys_scanned_at_start.load(Ordering::Relaxed)
     }
     pub fn filter_bytes(&self) -> usize {
         self.filter.read().unwrap_or_else(|e| e.into_inner()).as_slice().len()

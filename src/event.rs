@@ -32,41 +32,46 @@ pub struct Event {
 }
 
 /// The dedup key `(topic, event_id)`, compared by exact bytes, with its 64-bit hash
-/// precomputed once. Cloning is a reference-count bump: the recent map, the queue
-/// and the settler's eviction order all share one allocation.
+/// precomputed once. Both parts live in ONE shared allocation (`topic` then
+/// `event_id`), so cloning is a reference-count bump: the recent map, the queue
+/// and the settler's eviction order all share it.
 #[derive(Clone)]
-pub struct EventKey(Arc<KeyInner>);
-
-struct KeyInner {
+pub struct EventKey {
     hash: u64,
-    topic: Box<str>,
-    event_id: Box<str>,
+    /// Length of the topic: where the event id starts in `text`.
+    split: u32,
+    text: Arc<str>,
 }
 
 impl EventKey {
-    pub fn new(hasher: KeyHasher, topic: impl Into<Box<str>>, event_id: impl Into<Box<str>>) -> Self {
-        let (topic, event_id) = (topic.into(), event_id.into());
-        let hash = hasher.hash(&topic, &event_id);
-        EventKey(Arc::new(KeyInner { hash, topic, event_id }))
+    pub fn new(hasher: KeyHasher, topic: impl AsRef<str>, event_id: impl AsRef<str>) -> Self {
+        let (topic, event_id) = (topic.as_ref(), event_id.as_ref());
+        let hash = hasher.hash(topic, event_id);
+        let split = u32::try_from(topic.len()).expect("topics are validated to at most 255 bytes");
+        let mut text = String::with_capacity(topic.len() + event_id.len());
+        text.push_str(topic);
+        text.push_str(event_id);
+        EventKey { hash, split, text: text.into() }
     }
     /// The seeded hash: what the Bloom filter and the on-disk index are keyed by.
     pub fn hash(&self) -> u64 {
-        self.0.hash
+        self.hash
     }
     pub fn topic(&self) -> &str {
-        &self.0.topic
+        &self.text[..self.split as usize]
     }
     pub fn event_id(&self) -> &str {
-        &self.0.event_id
-    }
-    pub fn same_allocation(&self, other: &EventKey) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        &self.text[self.split as usize..]
     }
 }
 
 impl PartialEq for EventKey {
+    /// Clones of one key (the common case in the recent map) compare without
+    /// reading the text.
     fn eq(&self, other: &Self) -> bool {
-        self.0.hash == other.0.hash && self.0.topic == other.0.topic && self.0.event_id == other.0.event_id
+        self.hash == other.hash
+            && self.split == other.split
+            && (Arc::ptr_eq(&self.text, &other.text) || self.text == other.text)
     }
 }
 impl Eq for EventKey {}
@@ -74,7 +79,7 @@ impl Eq for EventKey {}
 impl Hash for EventKey {
     /// Only the precomputed hash: equal keys have equal hashes by construction.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0.hash);
+        state.write_u64(self.hash);
     }
 }
 

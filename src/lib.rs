@@ -41,6 +41,7 @@ mod config;
 mod decode;
 mod dedup;
 mod event;
+mod filter_snapshot;
 mod http;
 mod ingest;
 mod metrics;

@@ -8,7 +8,9 @@
 //! 4. Join the writer thread.
 //! 5. Join the settler thread: it has settled every committed batch (filter
 //!    bits, counters, acks) and seen its channel close.
-//! 6. Drop the `Database`, which releases the file lock.
+//! 6. Save the Bloom filter (`filter_snapshot`) if both threads ended cleanly
+//!    and the last commit succeeded: every stored key is then in it.
+//! 7. Drop the `Database`, which releases the file lock.
 //!
 //! Done means joined handles, never sleeps. Called by `RunningApp::shutdown`.
 
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::dedup::Deduper;
+use crate::filter_snapshot::{self, FilterSnapshot};
 use crate::queue::IngestQueue;
 use crate::stats::Stats;
 use crate::store::Store;
@@ -32,12 +36,20 @@ pub(crate) struct Parts {
     /// Dropped last; the handlers' state holds other clones until step 2 ends.
     pub store: Arc<Store>,
     pub stats: Arc<Stats>,
+    pub filter: FilterSaving,
+}
+
+/// What step 6 needs: the filter, and where and for which database to save it.
+pub(crate) struct FilterSaving {
+    pub dedup: Arc<Deduper>,
+    pub path: std::path::PathBuf,
+    pub key_hash_seed: u64,
 }
 
 /// Run the sequence. Returns once the database file is closed (or, if a stray
 /// reader still holds it, once that reader finishes).
 pub(crate) async fn run(parts: Parts) {
-    let Parts { stop_tx, server, queue, threads, store, stats } = parts;
+    let Parts { stop_tx, server, queue, threads, store, stats, filter } = parts;
     // Steps 1 and 2.
     let _ = stop_tx.send(());
     match server.await {
@@ -60,9 +72,27 @@ pub(crate) async fn run(parts: Parts) {
     let (received, unique_processed, duplicate_dropped) = stats.counts();
     tracing::info!(received, unique_processed, duplicate_dropped, "writer flushed and stopped");
     // Step 6.
+    if writer_ok && settler_ok && stats.failing_commits() == 0 {
+        save_filter(&store, &filter);
+    }
+    // Step 7.
     match Arc::into_inner(store) {
         Some(store) => drop(store),
         None => tracing::warn!("a reader still holds the database; it closes when that reader ends"),
     }
     tracing::info!("shutdown complete");
+}
+
+/// Save the filter with what it covers: the head's next seq, read after the
+/// writer and settler are joined, so every key below it has its bits set.
+fn save_filter(store: &Store, filter: &FilterSaving) {
+    let saved = store.next_seq().map_err(|e| e.to_string()).and_then(|covers_next_seq| {
+        let (bytes, items) = filter.dedup.snapshot();
+        let snapshot = FilterSnapshot { covers_next_seq, items, bytes };
+        filter_snapshot::save(&filter.path, filter.key_hash_seed, &snapshot).map_err(|e| e.to_string())
+    });
+    match saved {
+        Ok(()) => tracing::info!(path = %filter.path.display(), "dedup filter saved for the next start"),
+        Err(error) => tracing::warn!(%error, "cannot save the dedup filter; the next start rescans the keys"),
+    }
 }

@@ -105,6 +105,13 @@ pub struct DedupStats {
     /// Size of the Bloom filter's bit array.
     #[schema(value_type = u64)]
     pub filter_bytes: Gauge,
+    /// This start loaded the filter saved at the last clean shutdown.
+    #[schema(value_type = bool)]
+    pub filter_from_snapshot: Gauge<bool>,
+    /// Keys this start read from disk into the filter: all of them after a full
+    /// scan, only those stored after the snapshot otherwise.
+    #[schema(value_type = u64)]
+    pub filter_keys_scanned_at_start: Gauge,
 }
 
 #[derive(Debug)]
@@ -250,6 +257,8 @@ impl Stats {
             filter_capacity: Gauge(dedup.filter_capacity() as u64),
             filter_items: Gauge(dedup.filter_items()),
             filter_bytes: Gauge(dedup.filter_bytes() as u64),
+            filter_from_snapshot: Gauge(dedup.loaded_from_snapshot()),
+            filter_keys_scanned_at_start: Gauge(dedup.keys_scanned_at_start()),
         }
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::handle::{Head, Recovered, Store, StoreConfig};
-use super::index;
 use super::schema::{self, EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+use super::{codec, index};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -106,6 +106,44 @@ impl Store {
             }
         }
         Ok(n)
+    }
+}
+
+impl Store {
+    /// Startup top-up of a saved filter: call `f` with the key of every record
+    /// from `from_seq` on (the records themselves, so no index is needed).
+    pub fn for_each_key_from(
+        &self,
+        from_seq: u64,
+        f: &mut dyn FnMut(&str, &str),
+    ) -> Result<u64, super::read::ReadError> {
+        let db = self.database().ok_or(super::read::ReadError::Closed)?;
+        let txn = db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let start = match events.range(..=from_seq)?.next_back() {
+            Some(entry) => entry?.0.value(),
+            None => from_seq,
+        };
+        let mut n = 0;
+        for entry in events.range(start..)? {
+            let (chunk_start, bytes) = entry?;
+            let chunk = codec::Chunk::open(bytes.value())?;
+            for i in 0..chunk.len() {
+                if chunk_start.value() + i as u64 >= from_seq {
+                    let record = codec::decode(chunk.get(i).unwrap_or_default())?;
+                    f(record.topic, record.event_id);
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// The next seq the head on disk would assign: every stored event has a smaller one.
+    pub fn next_seq(&self) -> Result<u64, super::read::ReadError> {
+        let db = self.database().ok_or(super::read::ReadError::Closed)?;
+        let txn = db.begin_read()?;
+        Ok(txn.open_table(META)?.get(meta::NEXT_SEQ)?.map_or(1, |v| v.value()).max(1))
     }
 }
 

@@ -28,44 +28,48 @@ pub enum ReadError {
 type EventsTable = redb::ReadOnlyTable<u64, &'static [u8]>;
 
 impl Store {
-    /// Exact membership of each key, checked against the stored records.
-    /// Candidates come from the unmerged log mirror and from `KEY_INDEX`; the mirror
-    /// is read after the database is held and before the read transaction begins
-    /// (see `index`, "Findable"), so neither a merge nor a reopen can hide a key.
+    /// Exact membership of each key, checked against the stored records, as a
+    /// multi-get: candidates (from the unmerged log mirror, then `KEY_INDEX` in hash
+    /// order) are checked in seq order, so each record chunk is read once however
+    /// many of the batch's keys it holds. The mirror is read after the database is
+    /// held and before the read transaction begins (see `index`, "Findable"), so
+    /// neither a merge nor a reopen can hide a key.
     pub fn contains(&self, keys: &[EventKey]) -> Result<Vec<bool>, ReadError> {
         let db = self.database().ok_or(ReadError::Closed)?;
-        let mut unmerged: Vec<Vec<u64>> = Vec::with_capacity(keys.len());
-        for key in keys {
-            let mut seqs = Vec::new();
+        // (seq, position in `keys`) of every record that may be one of the keys.
+        let mut candidates: Vec<(u64, usize)> = Vec::new();
+        let mut seqs = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
             self.index.unmerged(key.hash(), &mut seqs);
-            unmerged.push(seqs);
+            candidates.extend(seqs.drain(..).map(|seq| (seq, i)));
         }
         let txn = db.begin_read()?;
         let index = txn.open_table(KEY_INDEX)?;
-        let events = txn.open_table(EVENTS)?;
-        let is_key = |seq: u64, key: &EventKey| -> Result<bool, ReadError> {
-            let found = with_record(&events, seq, |bytes| -> Result<bool, ReadError> {
-                let record = codec::decode(bytes)?;
-                Ok(record.topic == key.topic() && record.event_id == key.event_id())
-            })?;
-            found.unwrap_or(Ok(false))
-        };
-        keys.iter()
-            .zip(unmerged)
-            .map(|(key, seqs)| {
-                for seq in seqs {
-                    if is_key(seq, key)? {
-                        return Ok(true);
-                    }
-                }
-                for entry in index.range((key.hash(), 0)..=(key.hash(), u64::MAX))? {
-                    if is_key(entry?.0.value().1, key)? {
-                        return Ok(true);
-                    }
-                }
-                Ok(false)
-            })
-            .collect()
+        let mut by_hash: Vec<usize> = (0..keys.len()).collect();
+        by_hash.sort_unstable_by_key(|&i| keys[i].hash());
+        for i in by_hash {
+            let hash = keys[i].hash();
+            for entry in index.range((hash, 0)..=(hash, u64::MAX))? {
+                candidates.push((entry?.0.value().1, i));
+            }
+        }
+        candidates.sort_unstable();
+        let mut found = vec![false; keys.len()];
+        let mut chunks = ChunkCursor::new(txn.open_table(EVENTS)?);
+        for (seq, i) in candidates {
+            if found[i] {
+                continue;
+            }
+            let key = &keys[i];
+            found[i] = chunks
+                .with_record(seq, |bytes| -> Result<bool, ReadError> {
+                    let record = codec::decode(bytes)?;
+                    Ok(record.topic == key.topic() && record.event_id == key.event_id())
+                })?
+                .transpose()?
+                .unwrap_or(false);
+        }
+        Ok(found)
     }
 
     /// Up to `limit` events after `after`, of one topic or of all, in `seq` order.
@@ -103,6 +107,7 @@ impl Store {
                     return Ok(Page::default());
                 };
                 let order = txn.open_table(TOPIC_RUNS)?;
+                let mut chunks = ChunkCursor::new(events);
                 // The run holding the cursor starts at or before it.
                 let start = match order.range((id, 0)..=(id, after.0))?.next_back() {
                     Some(entry) => entry?.0.value().1,
@@ -110,7 +115,7 @@ impl Store {
                 };
                 'runs: for run in order.range((id, start)..=(id, u64::MAX))? {
                     for seq in codec::decode_seqs(run?.1.value()).filter(|s| *s >= first) {
-                        if let Some(event) = with_record(&events, seq, |bytes| decoded(Seq(seq), bytes))? {
+                        if let Some(event) = chunks.with_record(seq, |bytes| decoded(Seq(seq), bytes))? {
                             page.push(event?);
                         }
                         if page.len() > limit {
@@ -151,16 +156,38 @@ fn decoded(seq: Seq, bytes: &[u8]) -> Result<StoredEvent, ReadError> {
     })
 }
 
-/// Run `f` on the record stored under `seq`, found in the chunk that starts at or
-/// before it.
-fn with_record<R>(
-    events: &EventsTable,
-    seq: u64,
-    f: impl FnOnce(&[u8]) -> R,
-) -> Result<Option<R>, ReadError> {
-    let Some(entry) = events.range(..=seq)?.next_back() else { return Ok(None) };
-    let (chunk_start, bytes) = entry?;
-    let chunk = codec::Chunk::open(bytes.value())?;
-    let index = usize::try_from(seq - chunk_start.value()).unwrap_or(usize::MAX);
-    Ok(chunk.get(index).map(f))
+/// Reads records by seq through one read transaction, keeping the last chunk it
+/// read: callers going in ascending seq order read each chunk once.
+struct ChunkCursor {
+    events: EventsTable,
+    current: Option<CurrentChunk>,
+}
+
+/// The chunk read last: its first seq, its record count, its bytes.
+struct CurrentChunk {
+    start: u64,
+    len: u64,
+    bytes: redb::AccessGuard<'static, &'static [u8]>,
+}
+
+impl ChunkCursor {
+    fn new(events: EventsTable) -> Self {
+        ChunkCursor { events, current: None }
+    }
+
+    /// Run `f` on the record stored under `seq`, found in the chunk that starts at
+    /// or before it; `None` if there is no such record.
+    fn with_record<R>(&mut self, seq: u64, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, ReadError> {
+        let holds = |c: &CurrentChunk| seq >= c.start && seq - c.start < c.len;
+        if !self.current.as_ref().is_some_and(holds) {
+            let Some(entry) = self.events.range(..=seq)?.next_back() else { return Ok(None) };
+            let (start, bytes) = entry?;
+            let len = codec::Chunk::open(bytes.value())?.len() as u64;
+            self.current = Some(CurrentChunk { start: start.value(), len, bytes });
+        }
+        let Some(current) = &self.current else { return Ok(None) };
+        let chunk = codec::Chunk::open(current.bytes.value())?;
+        let index = usize::try_from(seq - current.start).unwrap_or(usize::MAX);
+        Ok(chunk.get(index).map(f))
+    }
 }

@@ -46,6 +46,10 @@ impl TestApp {
         TestApp { app, client: reqwest::Client::new(), base, config, faults }
     }
 
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The switches of the disk under this app's database.
     pub fn faults(&self) -> &Faults {
         &self.faults

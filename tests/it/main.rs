@@ -9,6 +9,7 @@ mod crash;
 mod disk;
 mod disk_full;
 mod faults;
+mod filter_snapshot;
 mod helpers;
 mod knobs;
 mod layout;
