@@ -36,7 +36,9 @@ STAGES = [
     ("handler: validate", r"validate::|check_timestamp|check_topic|check_event_id|chrono::"),
     ("handler: parse", r"decode::wire|serde_json::de|decode::decode|decode::split|ndjson"),
     ("handler: decompress", r"decompress|flate2|ruzstd|miniz"),
-    ("handler: queue + ack", r"IngestQueue::push|queue::|Ticket::|ingest::await_ack|Queued::outcome"),
+    ("handler: queue push + ack wait", r"IngestQueue::push|Ticket::|ingest::await_ack|Queued::outcome"),
+    # With fat LTO most of ingest (key, claim, filter, record building) is inlined here.
+    ("handler: ingest (key, claim, filter; inlined)", r"Ingest>::queue|ingest::Ingest|read_decode_and_queue"),
     ("handler: response", r"serde_json::ser|Json<|IntoResponse|PublishResponse"),
     ("handler: body read", r"read_body|Limited|BodyExt|collect"),
     ("writer: events table", r"write_events|EVENTS"),

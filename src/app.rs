@@ -1,4 +1,4 @@
-//! The only wiring point: bind, open the store, rebuild the filter, start the
+//! The only wiring point: bind, open the store, load the filter (snapshot or scan), start the
 //! writer and settler, build the router, serve. Returns a [`RunningApp`] whose
 //! `shutdown` runs the ordered sequence of `shutdown`.
 
@@ -174,9 +174,8 @@ fn rebuild_filter(
         .filter(|s| s.covers_next_seq <= recovered.head.next_seq);
     if let Some(saved) = saved {
         let covers = saved.covers_next_seq;
-        if let Some(dedup) =
-            Deduper::from_snapshot(config.dedup(), recovered.stored_keys, saved.bytes, saved.items)
-        {
+        let stored_keys = recovered.head.unique.max(recovered.stored_keys);
+        if let Some(dedup) = Deduper::from_snapshot(config.dedup(), stored_keys, saved.bytes, saved.items) {
             let hasher = KeyHasher::new(seed);
             let keys = dedup.rebuild(|add| {
                 store.for_each_key_from(covers, &mut |topic, id| add(hasher.hash(topic, id)))
@@ -214,6 +213,6 @@ fn log_started(
         queue_capacity_events = config.queue_capacity_events,
         max_body_bytes = config.max_body_bytes,
         max_batch_events = config.max_batch_events,
-        "aggregator listening; dedup filter rebuilt from disk"
+        "aggregator listening; dedup filter loaded"
     );
 }

@@ -91,20 +91,27 @@ impl Deduper {
     }
 
     /// Startup, from a saved filter (`filter_snapshot`) instead of the full scan.
-    /// `None` if the saved filter is unreadable or smaller than `new` would make it
-    /// for `stored_keys`; the caller then rebuilds by the scan.
+    /// `None` if the saved filter is unreadable, or too small for the configured
+    /// capacity or for the `stored_keys` already on disk at the configured
+    /// false-positive rate (it has outgrown its size: the caller rescans, which
+    /// sizes the new filter to twice the stored keys).
     pub fn from_snapshot(config: DedupConfig, stored_keys: u64, bytes: Vec<u8>, items: u64) -> Option<Self> {
-        let mut fresh = Deduper::new(config, stored_keys);
-        let wanted_bits =
-            Bloom::<u64>::compute_bitmap_size(fresh.config.filter_capacity, config.filter_fp_rate) * 8;
-        let filter = Bloom::from_bytes(bytes).ok()?;
-        if (filter.len() as usize) < wanted_bits {
+        let filter = Bloom::<u64>::from_bytes(bytes).ok()?;
+        let needed = config.filter_capacity.max(stored_keys as usize).max(1024);
+        if filter.len() < 8 * Bloom::<u64>::compute_bitmap_size(needed, config.filter_fp_rate) as u64 {
             return None;
         }
-        *fresh.filter.write().unwrap_or_else(|e| e.into_inner()) = filter;
-        fresh.filter_items.store(items, Ordering::Relaxed);
-        fresh.from_snapshot = true;
-        Some(fresh)
+        // The keys this filter holds at the configured rate (for `/stats`).
+        let ln2_squared = std::f64::consts::LN_2 * std::f64::consts::LN_2;
+        let capacity = (filter.len() as f64 * ln2_squared / -config.filter_fp_rate.ln()) as usize;
+        Some(Deduper {
+            recent: DashMap::with_hasher(BuildKeyHasher::default()),
+            filter: RwLock::new(filter),
+            filter_items: AtomicU64::new(items),
+            from_snapshot: true,
+            keys_scanned_at_start: AtomicU64::new(0),
+            config: DedupConfig { filter_capacity: capacity.max(needed), ..config },
+        })
     }
 
     /// Shutdown only, after the settler is joined: the filter's bytes and item count.
@@ -340,6 +347,21 @@ mod tests {
         let refs: Vec<&EventKey> = fresh.iter().collect();
         let false_positives = d.maybe_stored(&refs).into_iter().filter(|m| *m).count();
         assert!(false_positives < 50, "about 1 % expected, got {false_positives}");
+    }
+
+    #[test]
+    fn a_saved_filter_loads_until_the_stored_keys_outgrow_it() {
+        let config = DedupConfig { recent_capacity: 10, filter_capacity: 2000, filter_fp_rate: 0.01 };
+        let d = Deduper::new(config, 0);
+        d.add_to_filter([key("1"), key("2")].iter());
+        let (bytes, items) = d.snapshot();
+        let loaded = Deduper::from_snapshot(config, 2000, bytes.clone(), items).expect("sized for 2000 keys");
+        assert!(loaded.loaded_from_snapshot());
+        assert_eq!((loaded.filter_items(), loaded.filter_capacity() >= 2000), (2, true));
+        assert_eq!(loaded.maybe_stored(&[&key("1"), &key("2")]), vec![true, true]);
+        assert!(Deduper::from_snapshot(config, 2001, bytes.clone(), items).is_none(), "outgrown: rescan");
+        let bigger = DedupConfig { filter_capacity: 4000, ..config };
+        assert!(Deduper::from_snapshot(bigger, 0, bytes, items).is_none(), "BLOOM_CAPACITY was raised");
     }
 
     #[test]
