@@ -12,6 +12,7 @@ target/prof). Usage: scripts/profile.sh single|batch|replay-out|replay-in [--sca
 
 import argparse
 import collections
+import json
 import os
 import re
 import subprocess
@@ -28,7 +29,7 @@ PROF_BIN = ROOT / "target" / "prof" / "release" / "aggregator"
 
 # (stage, pattern) in the order they are tried for each frame, leaf first.
 STAGES = [
-    ("handler: disk check", r"Store::contains|store::read::"),
+    ("handler: disk check", r"Store::contains|store::read::|^redb::"),
     ("handler: encode", r"codec::encode|ingest::new_record|bincode::"),
     ("handler: filter", r"maybe_stored|bloomfilter::"),
     ("handler: claim", r"Deduper::claim|ClaimSet|dashmap::"),
@@ -44,7 +45,7 @@ STAGES = [
     ("writer: events table", r"write_events|EVENTS"),
     ("writer: merge slice", r"write_merge_slice|index::"),
     ("writer: commit", r"WriteTransaction::commit|commit_inner|TransactionalMemory|flush_write_buffer"),
-    ("settler", r"settler::|Settler"),
+    ("settler: settle", r"settler::|Settler"),
     ("http (hyper, tcp)", r"hyper::|hyper_util::|tcp_|sock_|http::serve|axum::"),
 ]
 COMPILED = [(s, re.compile(p)) for s, p in STAGES]
@@ -64,7 +65,9 @@ def stage_of(thread, frames):
     for sym in frames:
         for stage, pat in COMPILED:
             if pat.search(sym):
-                if thread == "writer" and not stage.startswith("writer"):
+                # Each thread's samples go to its own stages (or the shared http ones).
+                owner = stage.split(":")[0].rstrip("s") if ":" in stage else None
+                if owner not in (None, thread.rstrip("s")):
                     continue
                 return stage
     if thread != "handlers":
@@ -97,7 +100,12 @@ def main():
     p.add_argument("workload", choices=["single", "batch", "replay-out", "replay-in"])
     p.add_argument("--scale", type=float, default=0.5)
     p.add_argument("--freq", type=int, default=999)
+    p.add_argument("--reuse", action="store_true", help="classify the last recorded profile again")
     args = p.parse_args()
+    perf_data = ROOT / "target" / "prof" / f"perf-{args.workload}.data"
+    if args.reuse:
+        report = json.loads(perf_data.with_suffix(".json").read_text())
+        return summarize(args, str(perf_data), report)
     bench.RELEASE = ROOT / "target" / "release"
     events, batch, dup = {"single": (100_000, 1, 0.2), "batch": (2_000_000, 1000, 0.2),
                           "replay-out": (2_000_000, 1000, 0.0), "replay-in": (500_000, 1000, 0.0)}[args.workload]
@@ -111,16 +119,20 @@ def main():
         if args.workload.startswith("replay"):
             run_id = "profiled"
             bench.publish(agg, events, batch, duplicate=0, run_id=run_id)
-        perf_data = str(ROOT / "target" / "prof" / f"perf-{args.workload}.data")
         perf = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", str(args.freq), "-g",
-                                 "-p", str(agg.proc.pid), "-o", perf_data], stderr=subprocess.DEVNULL)
+                                 "-p", str(agg.proc.pid), "-o", str(perf_data)], stderr=subprocess.DEVNULL)
         time.sleep(0.5)
         report = bench.publish(agg, events, batch, duplicate=dup, run_id=run_id)
         perf.send_signal(2)
         perf.wait()
         agg.stop()
-        out = subprocess.run(["perf", "script", "-i", perf_data, "-F", "comm,ip,sym"],
-                             capture_output=True, text=True).stdout.splitlines()
+    perf_data.with_suffix(".json").write_text(json.dumps(report))
+    summarize(args, str(perf_data), report)
+
+
+def summarize(args, perf_data, report):
+    out = subprocess.run(["perf", "script", "-i", perf_data, "-F", "comm,ip,sym"],
+                         capture_output=True, text=True).stdout.splitlines()
     counts = collections.Counter()
     total = 0
     for comm, frames in parse(out):

@@ -138,6 +138,7 @@ impl Ingest {
                 }
                 Claim::SameRequest | Claim::Stored => Decision::Duplicate,
                 Claim::InFlightTwin(twin) => {
+                    tally.in_flight_twins += 1;
                     if !twins.iter().any(|t| Arc::ptr_eq(t, &twin)) {
                         twins.push(twin);
                     }

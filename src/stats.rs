@@ -38,6 +38,8 @@ pub struct Gauge<T = u64>(pub T);
 pub struct DedupTally {
     /// Duplicates decided by the recent map (repeats inside the request included).
     pub in_memory: u64,
+    /// Of those, duplicates of a key another request still had in flight.
+    pub in_flight_twins: u64,
     /// Claimed keys the filter had never seen: new without any disk access.
     pub filter_negatives: u64,
     /// Filter hits the exact disk lookup confirmed as duplicates.
@@ -87,6 +89,10 @@ pub struct DedupStats {
     /// Duplicates decided in memory, since start.
     #[schema(value_type = u64)]
     pub duplicates_in_memory: Counter,
+    /// Of those, duplicates of a key that another request still had in flight:
+    /// they were acknowledged only once that request's outcome was known.
+    #[schema(value_type = u64)]
+    pub duplicates_of_in_flight: Counter,
     /// Duplicates confirmed by an exact lookup on disk after a filter hit, since start.
     #[schema(value_type = u64)]
     pub duplicates_on_disk: Counter,
@@ -120,6 +126,7 @@ pub struct Stats {
     unique_processed: AtomicU64,
     duplicate_dropped: AtomicU64,
     duplicates_in_memory: AtomicU64,
+    duplicates_of_in_flight: AtomicU64,
     duplicates_on_disk: AtomicU64,
     filter_false_positives: AtomicU64,
     filter_negatives: AtomicU64,
@@ -144,6 +151,7 @@ impl Stats {
             unique_processed: AtomicU64::new(head.unique),
             duplicate_dropped: AtomicU64::new(head.duplicates),
             duplicates_in_memory: AtomicU64::new(0),
+            duplicates_of_in_flight: AtomicU64::new(0),
             duplicates_on_disk: AtomicU64::new(0),
             filter_false_positives: AtomicU64::new(0),
             filter_negatives: AtomicU64::new(0),
@@ -162,6 +170,7 @@ impl Stats {
     /// Handlers: one request's keys are decided.
     pub fn dedup_decided(&self, tally: &DedupTally) {
         self.duplicates_in_memory.fetch_add(tally.in_memory, Relaxed);
+        self.duplicates_of_in_flight.fetch_add(tally.in_flight_twins, Relaxed);
         self.filter_negatives.fetch_add(tally.filter_negatives, Relaxed);
         self.duplicates_on_disk.fetch_add(tally.on_disk, Relaxed);
         self.filter_false_positives.fetch_add(tally.false_positives, Relaxed);
@@ -251,6 +260,7 @@ impl Stats {
         DedupStats {
             recent_keys: Gauge(dedup.recent_len() as u64),
             duplicates_in_memory: Counter(self.duplicates_in_memory.load(Relaxed)),
+            duplicates_of_in_flight: Counter(self.duplicates_of_in_flight.load(Relaxed)),
             duplicates_on_disk: Counter(self.duplicates_on_disk.load(Relaxed)),
             filter_negatives: Counter(self.filter_negatives.load(Relaxed)),
             filter_false_positives: Counter(self.filter_false_positives.load(Relaxed)),

@@ -87,6 +87,8 @@ async fn events_across_topics(app: &TestApp, topics: usize) -> usize {
 async fn fifty_concurrent_identical_publishes_store_exactly_one() {
     let dir = data_dir();
     let app = TestApp::spawn(dir.path()).await;
+    // A slow fsync keeps the first copy in flight while the others arrive.
+    app.faults().slow_down(std::time::Duration::from_millis(300));
     let barrier = Arc::new(tokio::sync::Barrier::new(50));
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -105,7 +107,10 @@ async fn fifty_concurrent_identical_publishes_store_exactly_one() {
         stored += body["stored"].as_u64().unwrap();
     }
     assert_eq!(stored, 1);
-    assert_eq!(counts(&app.stats().await), (50, 1, 49));
+    let stats = app.stats().await;
+    assert_eq!(counts(&stats), (50, 1, 49));
+    let met_twin = stats["dedup"]["duplicates_of_in_flight"].as_u64().unwrap();
+    assert!(met_twin > 0, "no request met the first copy in flight: the race was not run: {stats}");
     assert_eq!(app.all_events(Some("race")).await.len(), 1);
     app.shutdown().await;
 }
