@@ -73,7 +73,7 @@ pub mod api {
 #[doc(hidden)]
 pub mod internals {
     pub use crate::ack::Ticket;
-    pub use crate::decode::{BodyFormat, Limits, decode};
+    pub use crate::decode::{BodyFormat, Encoding, Limits, decode, decompress};
     pub use crate::dedup::{Claim, ClaimSet, DedupConfig, Deduper};
     pub use crate::event::{EventKey, KeyHasher};
     pub use crate::metrics::Metrics;
