@@ -26,7 +26,7 @@ echo "== the Dockerfile's user creation (into a scratch /etc)"
 root=$(mktemp -d)
 data=$(mktemp -d)
 server=""
-trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi; rm -rf "$root" "$data"' EXIT
+trap 'if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi; rm -rf "$root" "$data"' EXIT
 mkdir -p "$root/etc"
 cp /etc/passwd /etc/group /etc/shadow /etc/gshadow /etc/login.defs "$root/etc/"
 grep -oE '(groupadd|useradd) [^&\\]*' Dockerfile | while read -r cmd; do

@@ -5,18 +5,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser)}
-PORT=18766
+. scripts/common.sh
+PORT=$(free_port)
 cargo build --release --bins
 data=$(mktemp -d)
 server=""
 publisher=""
 cleanup() {
   for pid in $publisher $server; do kill "$pid" 2>/dev/null || true; done
+  # The server saves its dedup filter as it stops: let it finish before removing its dir.
+  for pid in $publisher $server; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$data"
 }
 trap cleanup EXIT
 API_PORT=$PORT DB_PATH="$data/aggregator.redb" RUST_LOG=warn target/release/aggregator &
 server=$!
+wait_ready "$server" "$PORT"
 target/release/publisher --url "http://127.0.0.1:$PORT" --events 1000000 --batch-size 100 --concurrency 2 \
   --topics 5 --duration-limit 20 --json >/dev/null &
 publisher=$!

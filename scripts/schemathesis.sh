@@ -10,18 +10,17 @@ cd "$(dirname "$0")/.."
 VENV=${SCHEMATHESIS_VENV:-target/schemathesis-venv}
 # Pinned: a new release must not change what CI checks without a commit.
 SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-$(cat scripts/schemathesis.version)}
-PORT=18767
+. scripts/common.sh
+PORT=$(free_port)
 python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 cargo build --release --bins
 data=$(mktemp -d)
 API_PORT=$PORT DB_PATH="$data/aggregator.redb" RUST_LOG=warn target/release/aggregator &
 server=$!
-trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 100); do
-  target/release/aggregator --api-port "$PORT" healthcheck 2>/dev/null && break
-  sleep 0.1
-done
+# The server saves its dedup filter as it stops: let it finish before removing its dir.
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$data"' EXIT
+wait_ready "$server" "$PORT"
 timeout 600 "$VENV/bin/schemathesis" run "http://127.0.0.1:$PORT/openapi.json" \
   --checks all --max-examples 30 --generation-deterministic --generation-codec ascii \
   --request-timeout 10 --max-failures 20
