@@ -153,25 +153,16 @@ def n(args, x):
     return max(int(x * args.scale), 1000)
 
 
-def row_single(args, t, ref):
+def row_fresh(args, t, ref, key, label, events, batch):
+    """One load on a fresh aggregator, then the same load on the bare handler."""
     with tempfile.TemporaryDirectory(dir=args.tmp) as d:
         agg = aggregator(d)
         agg.ready()
-        a = publish(agg, n(args, 100_000), 1)
+        a = publish(agg, n(args, events), batch)
         agg.stop()
-    b = publish(ref, n(args, 100_000), 1, check=False)
-    t.pair("single", "single events, 64 connections", a, b)
+    b = publish(ref, n(args, events), batch, check=False)
+    t.pair(key, label, a, b)
     return a
-
-
-def row_batch(args, t, ref):
-    with tempfile.TemporaryDirectory(dir=args.tmp) as d:
-        agg = aggregator(d)
-        agg.ready()
-        a = publish(agg, n(args, 2_000_000), 1000)
-        agg.stop()
-    b = publish(ref, n(args, 2_000_000), 1000, check=False)
-    t.pair("batch", "batches of 1000, 20 % repeats, 64 connections", a, b)
 
 
 def row_replay(args, t, ref, key, stored, label):
@@ -248,9 +239,9 @@ def main():
     single = None
     try:
         if "single" in rows or "jetstream" in rows:
-            single = row_single(args, t, ref)
+            single = row_fresh(args, t, ref, "single", "single events, 64 connections", 100_000, 1)
         if "batch" in rows:
-            row_batch(args, t, ref)
+            row_fresh(args, t, ref, "batch", "batches of 1000, 20 % repeats, 64 connections", 2_000_000, 1000)
         if "replay-out" in rows:
             row_replay(args, t, ref, "replay-out", n(args, 2_000_000),
                        "replay of a stored 2M set, 100 % repeats (window holds 1M)")

@@ -80,13 +80,17 @@ impl Deduper {
         let capacity = config.filter_capacity.max(2 * stored_keys as usize).max(1024);
         let filter = Bloom::new_for_fp_rate(capacity, config.filter_fp_rate)
             .expect("capacity >= 1024 and the fp rate is validated by Config");
+        Deduper::with_filter(DedupConfig { filter_capacity: capacity, ..config }, filter, 0, false)
+    }
+
+    fn with_filter(config: DedupConfig, filter: Bloom<u64>, items: u64, from_snapshot: bool) -> Self {
         Deduper {
             recent: DashMap::with_hasher(BuildKeyHasher::default()),
             filter: RwLock::new(filter),
-            filter_items: AtomicU64::new(0),
-            from_snapshot: false,
+            filter_items: AtomicU64::new(items),
+            from_snapshot,
             keys_scanned_at_start: AtomicU64::new(0),
-            config: DedupConfig { filter_capacity: capacity, ..config },
+            config,
         }
     }
 
@@ -104,14 +108,12 @@ impl Deduper {
         // The keys this filter holds at the configured rate (for `/stats`).
         let ln2_squared = std::f64::consts::LN_2 * std::f64::consts::LN_2;
         let capacity = (filter.len() as f64 * ln2_squared / -config.filter_fp_rate.ln()) as usize;
-        Some(Deduper {
-            recent: DashMap::with_hasher(BuildKeyHasher::default()),
-            filter: RwLock::new(filter),
-            filter_items: AtomicU64::new(items),
-            from_snapshot: true,
-            keys_scanned_at_start: AtomicU64::new(0),
-            config: DedupConfig { filter_capacity: capacity.max(needed), ..config },
-        })
+        Some(Deduper::with_filter(
+            DedupConfig { filter_capacity: capacity.max(needed), ..config },
+            filter,
+            items,
+            true,
+        ))
     }
 
     /// Shutdown only, after the settler is joined: the filter's bytes and item count.
