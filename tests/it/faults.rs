@@ -88,6 +88,48 @@ async fn duplicate_of_an_in_flight_twin_waits_for_its_commit() {
     app.shutdown().await;
 }
 
+/// The hold itself (invariant 4): the twin is claimed but not yet queued (its
+/// disk check sits on a slow read: a saturated filter sends every new key there)
+/// when its duplicate reaches the writer. Without the hold, the duplicate's empty
+/// commit would ack it while the twin is still nowhere on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_is_held_while_its_twin_is_still_in_its_disk_check() {
+    let dir = data_dir();
+    // A filter of a few dozen bits, no page cache, keys merged into the on-disk
+    // index: after 500 keys every probe is a "maybe", and every exact check reads
+    // an index page from the (slow) disk.
+    let config = event_aggregator::Config {
+        bloom_capacity: 1,
+        bloom_fp_rate: 0.99,
+        db_cache_mb: 0,
+        index_merge_keys: 64,
+        ..test_config(dir.path())
+    };
+    let app = TestApp::spawn_with(config).await;
+    for batch in 0..50 {
+        let fillers: Vec<_> = (0..10).map(|i| event("fill", &format!("{batch}-{i}"))).collect();
+        assert_eq!(app.publish(&json!(fillers)).await.0, StatusCode::OK);
+    }
+    let claimed_before = app.recent_keys().await;
+    let checks_before = app.stats().await["dedup"]["filter_false_positives"].as_u64().unwrap();
+
+    app.faults().slow_reads(Duration::from_millis(1500));
+    let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
+    let first = tokio::spawn(async move { json_response(req.send().await.unwrap()).await });
+    let claimed = async || app.recent_keys().await == claimed_before + 1;
+    assert!(eventually(Duration::from_secs(5), claimed).await);
+    tokio::time::sleep(Duration::from_millis(200)).await; // its check is now inside a slow read
+    app.faults().slow_reads(Duration::ZERO);
+
+    let (status, body) = app.publish(&event("twin", "k")).await;
+    assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(1)), "{body}");
+    assert_eq!(app.all_events(Some("twin")).await.len(), 1, "acked only once its twin is stored");
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    let checks = app.stats().await["dedup"]["filter_false_positives"].as_u64().unwrap();
+    assert_eq!(checks, checks_before + 1, "the twin went through the exact disk check");
+    app.shutdown().await;
+}
+
 /// Heal the disk; the writer reopens the database by itself, and reads answer again.
 async fn heal_and_wait_for_reads(app: &TestApp) {
     app.faults().heal();
