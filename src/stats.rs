@@ -142,6 +142,9 @@ pub struct Stats {
     writer_running: AtomicBool,
     /// Refused requests by the `error` code of their JSON body.
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// The last storage error since the last successful commit (what `/health`
+    /// shows an operator: "No space left on device", "Input/output error"...).
+    storage_error: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -164,6 +167,7 @@ impl Stats {
             rejected_queue_full: AtomicU64::new(0),
             writer_running: AtomicBool::new(false),
             rejected: Mutex::new(BTreeMap::new()),
+            storage_error: Mutex::new(None),
         }
     }
 
@@ -198,13 +202,26 @@ impl Stats {
 
     /// Writer only: a commit returned `Ok`.
     pub fn commit_succeeded(&self) {
-        self.failing_commits.store(0, Relaxed);
+        if self.failing_commits.swap(0, Relaxed) > 0 {
+            *self.storage_error.lock().expect("stats lock") = None;
+        }
     }
 
     /// Writer only: a commit failed. Returns the failures in a row, this one included.
     pub fn commit_failed(&self) -> u64 {
         self.commit_failures.fetch_add(1, Relaxed);
         self.failing_commits.fetch_add(1, Relaxed) + 1
+    }
+
+    /// Writer only: what the disk answered to a commit or a reopen that failed.
+    /// Cleared by the next successful commit.
+    pub fn storage_failed(&self, error: &dyn std::fmt::Display) {
+        *self.storage_error.lock().expect("stats lock") = Some(error.to_string());
+    }
+
+    /// The last storage error since the last successful commit, if any.
+    pub fn storage_error(&self) -> Option<String> {
+        self.storage_error.lock().expect("stats lock").clone()
     }
 
     /// `writer::spawn`: the writer thread is starting.

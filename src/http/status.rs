@@ -64,6 +64,9 @@ pub struct HealthBody {
     pub consumer_running: bool,
     /// Commits failed since the last success.
     pub failing_commits: u64,
+    /// What the disk answered to the last failed commit or reopen, until a commit
+    /// succeeds (e.g. "No space left on device (os error 28)").
+    pub storage_error: Option<String>,
     pub queue_size: u64,
 }
 
@@ -153,6 +156,7 @@ pub async fn health(State(state): State<SharedState>) -> (StatusCode, Json<Healt
         uptime_seconds: state.stats.uptime_seconds(),
         consumer_running: running,
         failing_commits: failing,
+        storage_error: state.stats.storage_error(),
         queue_size: state.queue.len() as u64,
     };
     (status, Json(body))

@@ -35,6 +35,7 @@ impl Writer {
     /// uncertain by what the disk shows.
     pub(super) fn append_failed(&mut self, attempt: Attempt, error: &WriteError) {
         let failures = self.stats.commit_failed();
+        self.stats.storage_failed(error);
         tracing::error!(%error, items = attempt.items.len(), failures, "commit failed; reopening the database");
         let mut pending = Some(attempt);
         if self.reopen(|writer, recovered| writer.resolve(pending.take(), &recovered.head, failures)) {
@@ -112,6 +113,7 @@ impl Writer {
                 true
             }
             Err(error) => {
+                self.stats.storage_failed(&error);
                 tracing::error!(%error, "cannot reopen the database; publishes get 503 until it can");
                 false
             }

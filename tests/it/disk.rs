@@ -16,12 +16,26 @@ use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
 /// The switches of a [`FaultyDisk`], shared with the test.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Faults {
     broken: AtomicBool,
     syncs_fail: AtomicBool,
     delay_ms: AtomicU64,
     read_delay_ms: AtomicU64,
+    /// Writes ending past this offset fail with ENOSPC (`u64::MAX`: no limit).
+    space_until: AtomicU64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            broken: AtomicBool::new(false),
+            syncs_fail: AtomicBool::new(false),
+            delay_ms: AtomicU64::new(0),
+            read_delay_ms: AtomicU64::new(0),
+            space_until: AtomicU64::new(u64::MAX),
+        }
+    }
 }
 
 impl Faults {
@@ -43,6 +57,16 @@ impl Faults {
         self.delay_ms.store(delay.as_millis() as u64, SeqCst);
     }
 
+    /// The filesystem holds `bytes` more than the file has now: a write ending
+    /// past that fails with ENOSPC, as on a full tmpfs (growing the file with
+    /// `set_len` is sparse and still succeeds). `make_room` lifts the limit.
+    pub fn fill_disk_after(&self, bytes: u64, file_len: u64) {
+        self.space_until.store(file_len + bytes, SeqCst);
+    }
+    pub fn make_room(&self) {
+        self.space_until.store(u64::MAX, SeqCst);
+    }
+
     /// Each read takes this long (a disk check that hits a slow disk).
     pub fn slow_reads(&self, delay: Duration) {
         self.read_delay_ms.store(delay.as_millis() as u64, SeqCst);
@@ -62,6 +86,9 @@ impl Faults {
         Ok(())
     }
 }
+
+/// Linux's "No space left on device".
+const ENOSPC: i32 = 28;
 
 /// The lock methods of `StorageBackend`, forwarded to `self.inner` (a
 /// `FileBackend`): the file lock is what keeps two databases off one file.
@@ -129,6 +156,9 @@ impl StorageBackend for FaultyDisk {
     }
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.faults.check()?;
+        if offset + data.len() as u64 > self.faults.space_until.load(SeqCst) {
+            return Err(io::Error::from_raw_os_error(ENOSPC));
+        }
         self.inner.write(offset, data)
     }
     fn close(&self) -> io::Result<()> {

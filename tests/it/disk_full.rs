@@ -1,5 +1,6 @@
-//! A real full disk: the data directory on a size-limited tmpfs, filled by
-//! publishing, then grown again. The same process must answer 503 with
+//! A full disk: the data directory on a real size-limited tmpfs (and, on any
+//! machine, ENOSPC from the storage backend), filled by publishing, then grown
+//! again. The same process must answer 503 with
 //! Retry-After while it is full, and store again within seconds once it has room,
 //! with every acknowledged event readable and none stored twice. Needs root to
 //! mount (CI runs as root); where mounting is refused the test says so and skips.
@@ -12,7 +13,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, counts, data_dir, eventually, test_config};
+use crate::helpers::{TestApp, counts, data_dir, db_file, eventually, test_config};
 
 /// Unmounts the tmpfs when the test ends, passed or not.
 struct Tmpfs<'a>(&'a Path);
@@ -61,41 +62,84 @@ async fn a_full_disk_is_503_and_the_same_process_stores_again_once_it_grows() {
     let Some(tmpfs) = Tmpfs::mount(dir.path(), "12m") else { return };
     let config = event_aggregator::Config { db_cache_mb: 4, ..test_config(dir.path()) };
     let app = TestApp::spawn_with(config).await;
+    let (mut acked, refused) = publish_until_refused(&app).await;
+    assert_unhealthy_while_full(&app).await;
 
+    tmpfs.resize("256m");
+    assert_stores_again(&app, refused).await;
+    acked.push(refused);
+    assert_each_acked_event_once(&app, &acked).await;
+    app.shutdown().await;
+    drop(tmpfs);
+}
+
+/// The same through the storage backend (`disk::Faults::fill_disk_after`), so it
+/// runs on any machine: writes past the room left fail with ENOSPC, and
+/// `/health` names the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enospc_from_the_disk_is_503_named_in_health_and_heals_in_process() {
+    let dir = data_dir();
+    let app = TestApp::spawn(dir.path()).await;
+    assert_eq!(app.publish(&heavy_batch(0)).await.0, StatusCode::OK);
+    let file_len = std::fs::metadata(db_file(dir.path())).unwrap().len();
+    app.faults().fill_disk_after(2 << 20, file_len);
+    let (mut acked, refused) = publish_until_refused(&app).await;
+    acked.push(0);
+    assert_unhealthy_while_full(&app).await;
+    let (_, health) = app.get("/health").await;
+    let cause = health["storage_error"].as_str().unwrap_or_default();
+    assert!(cause.contains("No space left on device"), "/health names the cause: {health}");
+
+    app.faults().make_room();
+    assert_stores_again(&app, refused).await;
+    assert_eq!(app.get("/health").await.1["storage_error"], Value::Null, "cleared by a commit");
+    acked.push(refused);
+    assert_each_acked_event_once(&app, &acked).await;
+    app.shutdown().await;
+}
+
+/// Publish heavy batches until one gets 503 (with Retry-After); returns the
+/// acknowledged batches and the refused one.
+async fn publish_until_refused(app: &TestApp) -> (Vec<usize>, usize) {
     let mut acked = Vec::new();
-    let mut refused = None;
-    for n in 0..200 {
+    for n in 1..200 {
         let resp = app.client.post(app.url("/publish")).json(&heavy_batch(n)).send().await.unwrap();
         match resp.status() {
             StatusCode::OK => acked.push(n),
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert_eq!(resp.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
-                refused = Some(n);
-                break;
+                return (acked, n);
             }
             other => panic!("batch {n}: {other}"),
         }
     }
-    let refused = refused.expect("a 12 MiB disk fills before 200 batches of 640 KiB");
-    assert!(!acked.is_empty(), "some batches fit before the disk filled");
-    // While it stays full, publishes keep getting 503 and /health turns 503.
+    panic!("the disk fills before 200 batches of 640 KiB");
+}
+
+/// While the disk stays full, publishes keep getting 503 and /health turns 503.
+async fn assert_unhealthy_while_full(app: &TestApp) {
     let unhealthy = async || {
         app.publish(&heavy_batch(1000)).await;
         app.get("/health").await.0 == StatusCode::SERVICE_UNAVAILABLE
     };
     assert!(eventually(Duration::from_secs(10), unhealthy).await, "/health is 503 while the disk is full");
+}
 
-    tmpfs.resize("256m");
+/// Once there is room, the refused batch is stored by the same process.
+async fn assert_stores_again(app: &TestApp, refused: usize) {
     let stored_again = async || app.publish(&heavy_batch(refused)).await.0 == StatusCode::OK;
     assert!(eventually(Duration::from_secs(10), stored_again).await, "stores again once the disk has room");
     assert_eq!(app.get("/health").await.0, StatusCode::OK, "healthy again");
-    acked.push(refused);
+}
 
+/// Every event of the `acked` batches is readable, nothing is there twice, and
+/// the counters match what is stored.
+async fn assert_each_acked_event_once(app: &TestApp, acked: &[usize]) {
     let events = app.all_events(Some("full")).await;
     let ids: Vec<&str> = events.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
     let distinct: HashSet<&str> = ids.iter().copied().collect();
     assert_eq!(distinct.len(), ids.len(), "nothing stored twice");
-    for n in &acked {
+    for n in acked {
         for i in 0..20 {
             assert!(distinct.contains(format!("{n}-{i}").as_str()), "acknowledged {n}-{i} is readable");
         }
@@ -103,6 +147,4 @@ async fn a_full_disk_is_503_and_the_same_process_stores_again_once_it_grows() {
     let (received, unique, _) = counts(&app.stats().await);
     assert_eq!(unique as usize, ids.len(), "counters match what is stored");
     assert!(received >= unique);
-    app.shutdown().await;
-    drop(tmpfs);
 }
