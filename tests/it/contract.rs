@@ -139,6 +139,33 @@ async fn one_bad_event_rejects_the_batch_naming_every_bad_index_and_field() {
     app.shutdown().await;
 }
 
+/// Field limits count bytes, not characters: 85 three-byte characters (255
+/// bytes) fit; one more (258 bytes, still far under 255 characters) is refused
+/// with its index and field named. Stored text comes back byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_limits_count_the_bytes_of_multi_byte_text() {
+    let (app, _dir) = app().await;
+    let topic = "日".repeat(85);
+    let fits = json!({"topic": topic, "event_id": "ü".repeat(127), "source": "é".repeat(127)});
+    let (status, body) = app.publish(&fits).await;
+    assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(1)), "{body}");
+    let stored = app.all_events(Some(&topic)).await;
+    assert_eq!((&stored[0]["event_id"], &stored[0]["source"]), (&fits["event_id"], &fits["source"]));
+
+    let too_long = [("topic", "日".repeat(86)), ("event_id", "ü".repeat(128)), ("source", "é".repeat(128))];
+    for (field, value) in too_long {
+        let mut bad = event("t", "1");
+        bad[field] = json!(value);
+        let (status, body) = app.publish(&json!([event("t", "0"), bad])).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
+        let error = &body["errors"][0];
+        assert_eq!((error["index"].as_u64(), error["field"].as_str()), (Some(1), Some(field)), "{body}");
+        assert!(error["reason"].as_str().unwrap().contains("255 bytes"), "{body}");
+    }
+    assert_eq!(counts(&app.stats().await), (1, 1, 0), "the refused batches changed nothing");
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_that_is_not_an_event_shape_is_422() {
     let (app, _dir) = app().await;

@@ -48,6 +48,17 @@ pub struct Args {
     /// Stop sending new requests after this many seconds.
     #[arg(long)]
     pub duration_limit: Option<f64>,
+    /// Requests per second to aim for, across all connections (open loop: each
+    /// request has a scheduled start, and its latency counts from there, so a
+    /// server falling behind shows in the percentiles). Unset: as fast as the
+    /// server answers.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Write one byte per distinct key of the run to this file, in the order of
+    /// the ids (`<run-id>-<n>`): 1 if an acknowledged request carried it. For an
+    /// outside check that every acknowledged event is stored (`scripts/soak.py`).
+    #[arg(long)]
+    pub acked_out: Option<std::path::PathBuf>,
     /// Retries of one request on 503/429 or connection errors before giving up.
     #[arg(long, default_value_t = 20)]
     pub max_retries: u32,

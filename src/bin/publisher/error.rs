@@ -8,4 +8,6 @@ pub enum PublisherError {
     Stats { url: String, source: reqwest::Error },
     #[error("invalid argument: {0}")]
     Args(&'static str),
+    #[error("cannot write {0}: {1}")]
+    AckedOut(std::path::PathBuf, std::io::Error),
 }

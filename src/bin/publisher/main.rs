@@ -59,6 +59,9 @@ pub async fn run(args: Args) -> Result<Report, PublisherError> {
     if !(0.0..=1.0).contains(&args.duplicate) || args.concurrency == 0 {
         return Err(PublisherError::Args("--duplicate must be in 0..=1 and --concurrency > 0"));
     }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(PublisherError::Args("--rate must be a positive number of requests per second"));
+    }
     let base = args.url.trim_end_matches('/').to_owned();
     let client = reqwest::Client::builder()
         .default_headers(auth_headers(args.token.as_deref())?)
@@ -92,6 +95,7 @@ pub async fn run(args: Args) -> Result<Report, PublisherError> {
         plan,
         next: AtomicUsize::new(0),
         deadline: args.duration_limit.map(|s| Instant::now() + Duration::from_secs_f64(s)),
+        schedule: args.rate.map(|r| (Instant::now(), Duration::from_secs_f64(1.0 / r))),
         sent_events: AtomicU64::new(0),
     });
     let started = Instant::now();
@@ -106,7 +110,19 @@ pub async fn run(args: Args) -> Result<Report, PublisherError> {
     ticker.abort();
     progress.finish();
     let plan = &shared.plan;
+    if let Some(path) = &args.acked_out {
+        write_acked(path, plan, &tally).map_err(|e| PublisherError::AckedOut(path.clone(), e))?;
+    }
     Ok(report::Report::build(&args, &client, &base, plan, &tally, elapsed, before, &run_id).await)
+}
+
+/// One byte per distinct key of the plan, 1 where an acknowledged request carried it.
+fn write_acked(path: &std::path::Path, plan: &Plan, tally: &Tally) -> std::io::Result<()> {
+    let mut acked = vec![0u8; plan.keys.len()];
+    for &key in &tally.acked_keys {
+        acked[key as usize] = 1;
+    }
+    std::fs::write(path, acked)
 }
 
 /// A short id unique to this run (clock and pid), so repeated runs never collide.

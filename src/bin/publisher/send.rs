@@ -24,6 +24,8 @@ pub struct Shared {
     pub plan: Plan,
     pub next: AtomicUsize,
     pub deadline: Option<Instant>,
+    /// With `--rate`: when sending began, and the gap between scheduled starts.
+    pub schedule: Option<(Instant, Duration)>,
     pub sent_events: AtomicU64,
 }
 
@@ -59,7 +61,14 @@ pub async fn send_loop(shared: Arc<Shared>) -> Tally {
         }
         let i = shared.next.fetch_add(1, Relaxed);
         let Some(request) = shared.plan.requests.get(i) else { return tally };
-        let started = Instant::now();
+        let started = match shared.schedule {
+            Some((start, gap)) => {
+                let at = start + gap * i as u32;
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => Instant::now(),
+        };
         let outcome = send_with_retries(&shared, request, &mut tally).await;
         shared.sent_events.fetch_add(request.events.len() as u64, Relaxed);
         if let Some(body) = outcome {
