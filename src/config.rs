@@ -110,8 +110,8 @@ pub struct Config {
     pub idle_timeout_ms: u64,
 
     /// New keys kept in the append-only key log before it is merged into the sorted
-    /// on-disk index (the merge is spread over 16 batches). Higher: cheaper writes,
-    /// more memory (about 20 bytes a key).
+    /// on-disk index (the merge is spread over 4 to 256 batches, ~16k keys each).
+    /// Higher: cheaper writes, more memory (about 20 bytes a key).
     #[arg(long, env = "INDEX_MERGE_KEYS", default_value_t = 262_144)]
     pub index_merge_keys: usize,
 

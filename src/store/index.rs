@@ -5,10 +5,12 @@
 //! - Once the log holds `merge_threshold` pairs, or a quarter of the tree if that
 //!   is more (so each merge rewrites the tree's leaves for at least N/4 new keys,
 //!   bounding the write amplification as the index grows), the writer merges a snapshot of it
-//!   into the sorted `KEY_INDEX` tree, one sixteenth of the hash space per batch
-//!   transaction, so no single commit stalls for long and each tree leaf is
-//!   rewritten once per merge instead of once per batch. The last slice deletes the
-//!   snapshot's log rows.
+//!   into the sorted `KEY_INDEX` tree, one slice of the hash space per batch
+//!   transaction, so each tree leaf is rewritten once per merge instead of once
+//!   per batch. The slices are sized at the merge's start to carry about
+//!   `SLICE_PAIRS` pairs each (4 to 256 slices), so a commit's share of a merge
+//!   stays bounded as the index grows. The last slice deletes the snapshot's log
+//!   rows.
 //!
 //! Invariants:
 //! - **Findable.** A committed key's pair is in the in-memory log mirror or in a
@@ -23,8 +25,14 @@ use std::sync::RwLock;
 
 use crate::event::BuildKeyHasher;
 
-/// Hash-space slices a merge is split into (by the top 4 bits of the hash).
-pub const MERGE_SLICES: u8 = 16;
+/// The mirror is kept in this many maps, by the top 8 bits of the hash; a merge
+/// slice is a power-of-two run of them.
+const SHARDS: usize = 256;
+/// Pairs a merge slice aims to carry (at most 256 slices: one per shard).
+const SLICE_PAIRS: usize = 16_384;
+/// Slices of a merge, as a power of two: at least 4, at most `SHARDS`.
+const MIN_SLICE_BITS: u32 = 2;
+const MAX_SLICE_BITS: u32 = 8;
 
 /// The in-memory mirror of `KEY_LOG` plus the merge in progress. Readers: disk
 /// checks (any thread). Writers: `Store::append` (the writer thread), and the
@@ -37,23 +45,42 @@ pub struct KeyIndex {
     merged: std::sync::atomic::AtomicU64,
 }
 
-#[derive(Default)]
 struct LogMirror {
-    /// hash -> seq for pairs not yet merged, one map per merge slice (so a merged
-    /// slice is dropped without scanning the others).
-    first: [HashMap<u64, u64, BuildKeyHasher>; MERGE_SLICES as usize],
+    /// hash -> seq for pairs not yet merged, one map per shard (so a merged slice
+    /// is dropped without scanning the others).
+    first: Vec<HashMap<u64, u64, BuildKeyHasher>>,
     /// Further pairs whose hash is already in `first` (64-bit collisions: rare).
     more: Vec<(u64, u64)>,
 }
 
-/// A merge in progress: the snapshot's pairs bucketed by slice (each bucket is
-/// sorted when its turn comes, so no single commit sorts the whole snapshot),
-/// and the next slice to write.
+impl Default for LogMirror {
+    fn default() -> Self {
+        LogMirror { first: (0..SHARDS).map(|_| HashMap::default()).collect(), more: Vec::new() }
+    }
+}
+
+/// A merge in progress. It copies nothing at its start: the pairs of a slice
+/// (those of its shards with a seq before `snapshot_end_seq`) are taken from the
+/// mirror and sorted when the slice's turn comes.
 pub struct Merge {
-    buckets: Vec<Vec<(u64, u64)>>,
     /// Log rows with a smaller key (first seq of their batch) belong to the snapshot.
     pub snapshot_end_seq: u64,
-    next_slice: u8,
+    /// The merge has `1 << slice_bits` slices.
+    slice_bits: u32,
+    next_slice: usize,
+    /// The next slice's pairs, sorted, once taken (kept if its commit fails).
+    current: Option<Vec<(u64, u64)>>,
+}
+
+impl Merge {
+    fn slices(&self) -> usize {
+        1 << self.slice_bits
+    }
+    /// The shards slice `slice` covers.
+    fn shards(&self, slice: usize) -> std::ops::Range<usize> {
+        let width = SHARDS >> self.slice_bits;
+        slice * width..(slice + 1) * width
+    }
 }
 
 /// One slice of a merge, for one transaction.
@@ -62,11 +89,17 @@ pub struct Slice<'a> {
     /// The last slice also deletes the snapshot's log rows.
     pub last: bool,
     pub snapshot_end_seq: u64,
-    slice: u8,
+    slice: usize,
 }
 
-fn slice_of(hash: u64) -> u8 {
-    (hash >> 60) as u8
+fn shard_of(hash: u64) -> usize {
+    (hash >> 56) as usize
+}
+
+/// Slice bits for a merge of `pairs`: about `SLICE_PAIRS` a slice.
+fn slice_bits_for(pairs: usize) -> u32 {
+    let slices = pairs.div_ceil(SLICE_PAIRS).next_power_of_two();
+    slices.trailing_zeros().clamp(MIN_SLICE_BITS, MAX_SLICE_BITS)
 }
 
 impl KeyIndex {
@@ -86,7 +119,7 @@ impl KeyIndex {
     pub fn add(&self, pairs: &[(u64, u64)]) {
         let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
         for &(hash, seq) in pairs {
-            let bucket = &mut log.first[usize::from(slice_of(hash))];
+            let bucket = &mut log.first[shard_of(hash)];
             if let Some(&existing) = bucket.get(&hash) {
                 if existing != seq {
                     log.more.push((hash, seq));
@@ -100,7 +133,7 @@ impl KeyIndex {
     /// Seqs of unmerged pairs with this hash.
     pub fn unmerged(&self, hash: u64, out: &mut Vec<u64>) {
         let log = self.log.read().unwrap_or_else(|e| e.into_inner());
-        out.extend(log.first[usize::from(slice_of(hash))].get(&hash));
+        out.extend(log.first[shard_of(hash)].get(&hash));
         out.extend(log.more.iter().filter(|(h, _)| *h == hash).map(|(_, s)| *s));
     }
 
@@ -114,16 +147,12 @@ impl KeyIndex {
     pub fn maybe_start_merge(&self, threshold: usize, end_seq: u64) {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
         let merged = self.merged.load(std::sync::atomic::Ordering::Relaxed) as usize;
-        if merge.is_some() || self.unmerged_len() < threshold.max(merged / 4).max(1) {
+        let unmerged = self.unmerged_len();
+        if merge.is_some() || unmerged < threshold.max(merged / 4).max(1) {
             return;
         }
-        let log = self.log.read().unwrap_or_else(|e| e.into_inner());
-        let mut buckets = vec![Vec::new(); usize::from(MERGE_SLICES)];
-        let all = log.first.iter().flat_map(|m| m.iter().map(|(h, s)| (*h, *s)));
-        for (h, s) in all.chain(log.more.iter().copied()) {
-            buckets[usize::from(slice_of(h))].push((h, s));
-        }
-        *merge = Some(Merge { buckets, snapshot_end_seq: end_seq, next_slice: 0 });
+        let slice_bits = slice_bits_for(unmerged);
+        *merge = Some(Merge { snapshot_end_seq: end_seq, slice_bits, next_slice: 0, current: None });
     }
 
     /// Run `f` with the next slice to merge, if a merge is running.
@@ -131,38 +160,49 @@ impl KeyIndex {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
         let Some(m) = merge.as_mut() else { return f(None) };
         let slice = m.next_slice;
-        let pairs = &mut m.buckets[usize::from(slice)];
-        if !pairs.is_sorted() {
+        if m.current.is_none() {
+            let log = self.log.read().unwrap_or_else(|e| e.into_inner());
+            let end = m.snapshot_end_seq;
+            let shards = m.shards(slice);
+            let first = log.first[shards.clone()].iter().flat_map(|map| map.iter().map(|(h, s)| (*h, *s)));
+            let more = log.more.iter().copied().filter(|(h, _)| shards.contains(&shard_of(*h)));
+            let mut pairs: Vec<(u64, u64)> = first.chain(more).filter(|&(_, s)| s < end).collect();
             pairs.sort_unstable();
+            m.current = Some(pairs);
         }
-        f(Some(Slice { pairs, last: slice + 1 == MERGE_SLICES, snapshot_end_seq: m.snapshot_end_seq, slice }))
+        let last = slice + 1 == m.slices();
+        let pairs = m.current.as_deref().expect("taken above");
+        f(Some(Slice { pairs, last, snapshot_end_seq: m.snapshot_end_seq, slice }))
     }
 
     /// After the commit that wrote slice `slice`: drop its pairs from the mirror
     /// and move on (or finish).
-    pub fn slice_committed(&self, slice: u8) {
+    pub fn slice_committed(&self, slice: usize) {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
         let Some(m) = merge.as_mut() else { return };
         if m.next_slice != slice {
             return;
         }
         let end_seq = m.snapshot_end_seq;
-        let count = std::mem::take(&mut m.buckets[usize::from(slice)]).len();
+        let count = m.current.take().map_or(0, |pairs| pairs.len());
         self.merged.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
         {
+            let shards = m.shards(slice);
             let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
-            log.first[usize::from(slice)].retain(|_, s| *s >= end_seq);
-            log.more.retain(|(h, s)| !(slice_of(*h) == slice && *s < end_seq));
+            for map in &mut log.first[shards.clone()] {
+                map.retain(|_, s| *s >= end_seq);
+            }
+            log.more.retain(|(h, s)| !(shards.contains(&shard_of(*h)) && *s < end_seq));
         }
         m.next_slice += 1;
-        if m.next_slice == MERGE_SLICES {
+        if m.next_slice == m.slices() {
             *merge = None;
         }
     }
 }
 
 impl Slice<'_> {
-    pub fn id(&self) -> u8 {
+    pub fn id(&self) -> usize {
         self.slice
     }
 }
@@ -213,18 +253,37 @@ mod tests {
         index.add(&pairs);
         index.maybe_start_merge(64, 65);
         index.add(&[(3, 65)]); // committed after the snapshot
-        let mut merged = 0;
-        for slice in 0..MERGE_SLICES {
-            let (n, last) = index.with_next_slice(|s| {
-                let s = s.expect("merge running");
-                (s.pairs.len(), s.last)
-            });
-            merged += n;
-            assert_eq!(last, slice == MERGE_SLICES - 1);
-            index.slice_committed(slice);
-        }
-        assert_eq!(merged, 64);
-        assert!(index.with_next_slice(|s| s.is_none()));
+        let slices = walk_merge(&index);
+        assert_eq!(slices.len(), 4, "a small merge has the fewest slices");
+        assert_eq!(slices.iter().sum::<usize>(), 64);
         assert_eq!(index.unmerged_len(), 1, "the later pair stays unmerged");
+    }
+
+    #[test]
+    fn a_large_merge_is_cut_into_slices_of_bounded_size() {
+        let index = KeyIndex::default();
+        let n = 40 * SLICE_PAIRS as u64;
+        let pairs: Vec<(u64, u64)> = (0..n).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i + 1)).collect();
+        index.add(&pairs);
+        index.maybe_start_merge(1, n + 1);
+        let slices = walk_merge(&index);
+        assert_eq!(slices.len(), 64, "40 × SLICE_PAIRS pairs: the next power of two of slices");
+        assert_eq!(slices.iter().sum::<usize>() as u64, n);
+        assert!(slices.iter().all(|&len| len < SLICE_PAIRS), "{slices:?}");
+        assert_eq!(index.unmerged_len(), 0);
+    }
+
+    /// Commit every slice of the running merge in turn; each slice's pair count.
+    fn walk_merge(index: &KeyIndex) -> Vec<usize> {
+        let mut slices = Vec::new();
+        while let Some((id, n, last, sorted)) =
+            index.with_next_slice(|s| s.map(|s| (s.id(), s.pairs.len(), s.last, s.pairs.is_sorted())))
+        {
+            assert!(sorted);
+            slices.push(n);
+            index.slice_committed(id);
+            assert_eq!(last, index.with_next_slice(|s| s.is_none()), "`last` marks the final slice");
+        }
+        slices
     }
 }

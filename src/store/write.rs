@@ -61,7 +61,7 @@ impl Store {
     }
 
     /// The next slice of a running merge, sorted: each tree leaf is touched once.
-    fn write_merge_slice(&self, txn: &WriteTransaction) -> Result<Option<u8>, WriteError> {
+    fn write_merge_slice(&self, txn: &WriteTransaction) -> Result<Option<usize>, WriteError> {
         self.index.with_next_slice(|slice| {
             let Some(slice) = slice else { return Ok(None) };
             let mut tree = txn.open_table(KEY_INDEX)?;
