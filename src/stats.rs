@@ -78,6 +78,10 @@ pub struct WriterStats {
     /// New events in the last committed batch.
     #[schema(value_type = u64)]
     pub last_batch_events: Gauge,
+    /// Committed keys not yet merged into the sorted on-disk index: the key log,
+    /// mirrored in memory (~20–40 bytes a key) until a merge takes them.
+    #[schema(value_type = u64)]
+    pub key_log_pairs: Gauge,
 }
 
 /// The dedup state's figures, in `/stats` as `dedup`.
@@ -258,7 +262,8 @@ impl Stats {
         rejected.iter().map(|(code, n)| ((*code).to_owned(), Counter(*n))).collect()
     }
 
-    pub fn writer(&self) -> WriterStats {
+    /// The writer's figures; `key_log_pairs` comes from the store.
+    pub fn writer(&self, key_log_pairs: usize) -> WriterStats {
         let batches = self.batches.load(Relaxed);
         let total_us = self.commit_us_total.load(Relaxed);
         let avg_commit_ms = if batches == 0 { 0.0 } else { total_us as f64 / batches as f64 / 1e3 };
@@ -269,6 +274,7 @@ impl Stats {
             last_commit_ms: Gauge(self.last_commit_us.load(Relaxed) as f64 / 1e3),
             avg_commit_ms: Gauge(avg_commit_ms),
             last_batch_events: Gauge(self.last_batch_events.load(Relaxed)),
+            key_log_pairs: Gauge(key_log_pairs as u64),
         }
     }
 

@@ -114,6 +114,11 @@ impl Store {
         self.db.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
+    /// Committed pairs not yet merged into `key_index` (the key-log mirror).
+    pub fn key_log_pairs(&self) -> usize {
+        self.index.unmerged_len()
+    }
+
     /// The database for one operation, or `None` while it is being reopened.
     pub(super) fn database(&self) -> Option<Arc<Database>> {
         self.db.read().unwrap_or_else(|e| e.into_inner()).clone()
