@@ -17,7 +17,7 @@ use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::queue::IngestQueue;
 use crate::stats::Stats;
-use crate::store::{OpenDatabase, OpenError, ReadError, Recovered, Store};
+use crate::store::{OpenDatabase, OpenError, OpenJournal, ReadError, Recovered, Store};
 use crate::writer::WriterParts;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,19 +57,21 @@ pub async fn start(config: Config) -> Result<RunningApp, StartError> {
     start_on(config, None).await
 }
 
-/// Start the service with its database opened (and, after an I/O error, reopened)
-/// by `open_database`, e.g. over a wrapped redb `StorageBackend`.
-pub async fn start_with_storage(
-    config: Config,
-    open_database: Arc<OpenDatabase>,
-) -> Result<RunningApp, StartError> {
-    start_on(config, Some(open_database)).await
+/// The files under the service, opened by the caller: the redb database and the
+/// journal beside it, e.g. over wrapped redb `StorageBackend`s.
+#[derive(Clone)]
+pub struct Storage {
+    pub database: Arc<OpenDatabase>,
+    pub journal: Arc<OpenJournal>,
 }
 
-async fn start_on(
-    config: Config,
-    open_database: Option<Arc<OpenDatabase>>,
-) -> Result<RunningApp, StartError> {
+/// Start the service with its files opened (and, after an I/O error, reopened)
+/// by `storage`.
+pub async fn start_with_storage(config: Config, storage: Storage) -> Result<RunningApp, StartError> {
+    start_on(config, Some(storage)).await
+}
+
+async fn start_on(config: Config, storage: Option<Storage>) -> Result<RunningApp, StartError> {
     config.validate()?;
     let token = config.bearer_token().map_err(StartError::TokenFile)?;
     let addr = config.listen_addr();
@@ -78,7 +80,7 @@ async fn start_on(
 
     let (store, recovered, dedup, loaded) = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || open_and_rebuild(&config, open_database))
+        tokio::task::spawn_blocking(move || open_and_rebuild(&config, storage))
             .await
             .expect("open_and_rebuild does not panic")?
     };
@@ -145,11 +147,15 @@ struct Loaded {
 
 fn open_and_rebuild(
     config: &Config,
-    open_database: Option<Arc<OpenDatabase>>,
+    storage: Option<Storage>,
 ) -> Result<(Store, Recovered, Deduper, Loaded), StartError> {
     let path = config.db_path.display().to_string();
     let started = Instant::now();
-    let store_config = crate::store::StoreConfig { open_database, ..config.store() };
+    let store_config = crate::store::StoreConfig {
+        open_database: storage.as_ref().map(|s| s.database.clone()),
+        open_journal: storage.map(|s| s.journal),
+        ..config.store()
+    };
     let (store, recovered) =
         Store::open(store_config).map_err(|source| StartError::Store { path: path.clone(), source })?;
     let opened_ms = started.elapsed().as_millis();

@@ -115,6 +115,13 @@ pub struct Config {
     #[arg(long, env = "INDEX_MERGE_KEYS", default_value_t = 262_144)]
     pub index_merge_keys: usize,
 
+    /// A batch whose journal frame is at most this many bytes is made durable by
+    /// one append + fdatasync of `<db>.journal` and committed to redb without
+    /// fsync (replayed from the journal after a crash); larger batches use redb's
+    /// durable commit. 0 turns the journal off.
+    #[arg(long, env = "JOURNAL_MAX_FRAME_BYTES", default_value_t = crate::store::DEFAULT_JOURNAL_MAX_FRAME_BYTES)]
+    pub journal_max_frame_bytes: usize,
+
     /// Bearer token that `POST /publish`, `GET /events`, `/stats` and `/metrics`
     /// require (`Authorization: Bearer <token>`); unset or empty: no authentication.
     #[arg(long, env = "AUTH_TOKEN", hide_env_values = true)]
@@ -243,6 +250,7 @@ impl Config {
     pub fn store(&self) -> StoreConfig {
         StoreConfig {
             merge_threshold: self.index_merge_keys,
+            journal_max_frame_bytes: self.journal_max_frame_bytes,
             ..StoreConfig::new(&self.db_path, self.db_cache_bytes())
         }
     }

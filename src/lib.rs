@@ -6,8 +6,9 @@
 //! [`start`] binds, opens the database, rebuilds the dedup filter and serves,
 //! returning a [`RunningApp`] whose `shutdown` runs the ordered stop; [`Config`]
 //! is plain data (every flag of the `aggregator` binary). [`start_with_storage`]
-//! does the same over a redb backend of the caller's (tests inject storage faults
-//! this way; [`OpenDatabase`] is the opener it takes). [`api`] holds the HTTP wire
+//! does the same over redb backends of the caller's (tests inject storage faults
+//! this way; [`Storage`] holds its two openers, [`OpenDatabase`] and
+//! [`OpenJournal`]). [`api`] holds the HTTP wire
 //! types, for clients such as the `publisher` binary. With [`StartError`] and
 //! [`AckMode`] that is the whole surface; [`internals`] is not an API.
 //!
@@ -17,7 +18,8 @@
 //!               ─▶ ingest: claim keys in dedup (DashMap) ─▶ Bloom filter
 //!                          └─ filter hit ─▶ exact check in store (blocking thread)
 //!               ─▶ queue (bounded ArrayQueue, one item per request)
-//!               ─▶ writer thread: one redb transaction per batch, commit
+//!               ─▶ writer thread: one transaction per batch; a small one is made
+//!                  durable by a journal frame, its redb commit skips the fsync
 //!               ─▶ settler thread: filter bits, keys Stored, acks, eviction
 //! GET /events   ─▶ http::events ─▶ store::read_page (read transaction, MVCC)
 //! ```
@@ -53,9 +55,9 @@ mod store;
 mod writer;
 
 pub use ack::AckMode;
-pub use app::{RunningApp, StartError, start, start_with_storage};
+pub use app::{RunningApp, StartError, Storage, start, start_with_storage};
 pub use config::Config;
-pub use store::OpenDatabase;
+pub use store::{OpenDatabase, OpenJournal};
 
 /// The HTTP wire types: what each endpoint takes and returns, as its handler
 /// does. Responses deserialize too (borrowing where they can).

@@ -82,6 +82,15 @@ pub struct WriterStats {
     /// mirrored in memory (~20–40 bytes a key) until a merge takes them.
     #[schema(value_type = u64)]
     pub key_log_pairs: Gauge,
+    /// Bytes in the journal since redb's last durable commit (a checkpoint):
+    /// small batches made durable by the journal, replayed after a crash.
+    #[schema(value_type = u64)]
+    pub journal_bytes: Gauge,
+    /// Journal frames the last open (startup, or a reopen after an I/O error)
+    /// replayed into redb: batches acknowledged before a crash, not yet in a
+    /// durable redb commit.
+    #[schema(value_type = u64)]
+    pub journal_frames_replayed: Gauge,
 }
 
 /// The dedup state's figures, in `/stats` as `dedup`.
@@ -262,8 +271,8 @@ impl Stats {
         rejected.iter().map(|(code, n)| ((*code).to_owned(), Counter(*n))).collect()
     }
 
-    /// The writer's figures; `key_log_pairs` comes from the store.
-    pub fn writer(&self, key_log_pairs: usize) -> WriterStats {
+    /// The writer's figures; the key log's and the journal's come from the store.
+    pub fn writer(&self, store: &crate::store::Store) -> WriterStats {
         let batches = self.batches.load(Relaxed);
         let total_us = self.commit_us_total.load(Relaxed);
         let avg_commit_ms = if batches == 0 { 0.0 } else { total_us as f64 / batches as f64 / 1e3 };
@@ -274,7 +283,9 @@ impl Stats {
             last_commit_ms: Gauge(self.last_commit_us.load(Relaxed) as f64 / 1e3),
             avg_commit_ms: Gauge(avg_commit_ms),
             last_batch_events: Gauge(self.last_batch_events.load(Relaxed)),
-            key_log_pairs: Gauge(key_log_pairs as u64),
+            key_log_pairs: Gauge(store.key_log_pairs() as u64),
+            journal_bytes: Gauge(store.journal_bytes()),
+            journal_frames_replayed: Gauge(store.journal_frames_replayed()),
         }
     }
 

@@ -35,7 +35,7 @@ pub fn filled_store(events: u64) -> (TempDir, Arc<Store>, Recovered) {
         let chunk = (events - n).min(50_000);
         let keys: Vec<_> = (n..n + chunk).map(|i| key(hasher, i)).collect();
         let bytes: Vec<_> = keys.iter().map(record).collect();
-        let rows = keys.iter().zip(&bytes).map(|(key, bytes)| Row { key, bytes });
+        let rows = keys.iter().zip(&bytes).map(|(key, bytes)| Row::new(key, bytes));
         store.append(&mut head, rows, 0).expect("append");
         n += chunk;
     }

@@ -110,7 +110,7 @@ fn stats_body(state: &AppState, topics: Vec<String>) -> StatsBody {
         rejected_queue_full: Counter(s.rejected_queue_full()),
         requests_rejected: s.rejected_by_code(),
         ack_mode: state.default_ack,
-        writer: s.writer(state.store.key_log_pairs()),
+        writer: s.writer(&state.store),
         dedup: s.dedup(&state.dedup),
     }
 }

@@ -5,16 +5,22 @@
 //! `read`.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, DatabaseError};
 
 use super::index::KeyIndex;
+use super::journal::Journal;
 use crate::event::{EventKey, Seq};
 
 /// Opens the database for a path with a builder: the default is redb's file
 /// backend; tests wrap that backend to inject storage faults.
 pub type OpenDatabase = dyn Fn(&redb::Builder, &Path) -> Result<Database, DatabaseError> + Send + Sync;
+
+/// Opens the journal's file (`<db>.journal`): the default is redb's file
+/// backend; tests wrap it as they wrap the database's.
+pub type OpenJournal = dyn Fn(&Path) -> std::io::Result<Box<dyn redb::StorageBackend>> + Send + Sync;
 
 /// How to open the store; kept, because the writer reopens it after an I/O error.
 #[derive(Clone)]
@@ -24,12 +30,21 @@ pub struct StoreConfig {
     pub cache_bytes: usize,
     /// Merge the key log into `KEY_INDEX` once it holds this many pairs.
     pub merge_threshold: usize,
+    /// Batches whose journal frame is at most this many bytes are made durable by
+    /// the journal and committed to redb without fsync; larger ones (and all,
+    /// at 0) by redb's durable commit.
+    pub journal_max_frame_bytes: usize,
     /// `None`: redb's file backend at `path`.
     pub open_database: Option<Arc<OpenDatabase>>,
+    /// `None`: redb's file backend at `<path>.journal`.
+    pub open_journal: Option<Arc<OpenJournal>>,
 }
 
 /// Default for [`StoreConfig::merge_threshold`].
 pub const DEFAULT_MERGE_THRESHOLD: usize = 1 << 18;
+
+/// Default for [`StoreConfig::journal_max_frame_bytes`]: ~1,000 events of 250 bytes.
+pub const DEFAULT_JOURNAL_MAX_FRAME_BYTES: usize = 256 << 10;
 
 impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>, cache_bytes: usize) -> Self {
@@ -37,8 +52,17 @@ impl StoreConfig {
             path: path.into(),
             cache_bytes,
             merge_threshold: DEFAULT_MERGE_THRESHOLD,
+            journal_max_frame_bytes: DEFAULT_JOURNAL_MAX_FRAME_BYTES,
             open_database: None,
+            open_journal: None,
         }
+    }
+
+    /// The journal's file: the database's path with `.journal` appended.
+    pub fn journal_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".journal");
+        PathBuf::from(name)
     }
 }
 
@@ -48,6 +72,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("path", &self.path)
             .field("cache_bytes", &self.cache_bytes)
             .field("merge_threshold", &self.merge_threshold)
+            .field("journal_max_frame_bytes", &self.journal_max_frame_bytes)
             .field("custom_backend", &self.open_database.is_some())
             .finish()
     }
@@ -60,6 +85,8 @@ pub struct Head {
     pub next_topic_id: u32,
     pub unique: u64,
     pub duplicates: u64,
+    /// The last journal frame applied (see `journal`).
+    pub journal_frame: u64,
 }
 
 /// What `open` found on disk.
@@ -71,10 +98,19 @@ pub struct Recovered {
 }
 
 /// One new event for `append`.
+#[derive(Clone, Copy)]
 pub struct Row<'a> {
-    pub key: &'a EventKey,
+    /// `EventKey::hash` of the record's key.
+    pub hash: u64,
+    pub topic: &'a str,
     /// `codec` bytes of the record.
     pub bytes: &'a [u8],
+}
+
+impl<'a> Row<'a> {
+    pub fn new(key: &'a EventKey, bytes: &'a [u8]) -> Self {
+        Row { hash: key.hash(), topic: key.topic(), bytes }
+    }
 }
 
 /// A stored event, decoded.
@@ -106,6 +142,10 @@ pub struct Store {
     pub(super) db: RwLock<Option<Arc<Database>>>,
     /// In-memory mirror of `KEY_LOG` and the merge in progress.
     pub(super) index: KeyIndex,
+    /// The writer's alone; `None` only while the database is (re)opened.
+    pub(super) journal: Mutex<Option<Journal>>,
+    /// Frames the last open replayed.
+    pub(super) replayed: AtomicU64,
 }
 
 impl Store {
@@ -117,6 +157,11 @@ impl Store {
     /// Committed pairs not yet merged into `key_index` (the key-log mirror).
     pub fn key_log_pairs(&self) -> usize {
         self.index.unmerged_len()
+    }
+
+    /// Journal frames the last open replayed into redb.
+    pub fn journal_frames_replayed(&self) -> u64 {
+        self.replayed.load(Relaxed)
     }
 
     /// The database for one operation, or `None` while it is being reopened.

@@ -2,6 +2,8 @@
 //! - `open`: open or create, recover the head and the key-log mirror, reopen
 //!   after an I/O error, and the key scans that rebuild the Bloom filter;
 //! - `write`: append one batch per write transaction (the writer thread only);
+//! - `journal`: the append-only file that makes small batches durable, so
+//!   their redb commits skip the fsync; replayed by `open`;
 //! - `read`: exact key lookups, pages of events, topics (any thread);
 //! - `handle`: the [`Store`] itself and the values the operations exchange;
 //! - `schema` (tables), `codec` (record and chunk encodings), `index` (the
@@ -9,18 +11,23 @@
 //!
 //! Each part has its own error. redb is MVCC: reads never block the writer.
 //! Promise: when `append` returns `Ok`, the batch's events, index entries and
-//! counters are committed together and fsynced; on `Err` the writer reopens the
-//! database and reads back which of the two happened.
+//! counters are committed together and durable (its journal frame synced, or
+//! its redb commit fsynced); on `Err` the writer reopens the database (which
+//! replays the journal) and reads back which of the two happened.
 
 pub mod codec;
 mod handle;
 pub mod index;
+mod journal;
 mod open;
 mod read;
 pub mod schema;
 mod write;
 
-pub use handle::{Head, OpenDatabase, Page, Recovered, Row, Store, StoreConfig, StoredEvent};
+pub use handle::{
+    DEFAULT_JOURNAL_MAX_FRAME_BYTES, Head, OpenDatabase, OpenJournal, Page, Recovered, Row, Store,
+    StoreConfig, StoredEvent,
+};
 pub use open::OpenError;
 pub use read::ReadError;
 pub use write::WriteError;

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::handle::{Head, Recovered, Store, StoreConfig};
+use super::handle::{Head, Recovered, Row, Store, StoreConfig};
+use super::journal::{self, Journal};
 use super::schema::{self, EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+use super::write::{self, WriteError};
 use super::{codec, index};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,16 @@ pub enum OpenError {
     Schema { found: u64, expected: u64 },
     #[error("a reader still holds the database; cannot reopen it")]
     Busy,
+    #[error("cannot open the journal {path}: {source}")]
+    Journal { path: String, source: std::io::Error },
+    #[error(
+        "the journal skips from frame {expected} to {frame}; it does not belong to this database's state"
+    )]
+    JournalGap { frame: u64, expected: u64 },
+    #[error("cannot replay the journal: {0}")]
+    Replay(#[from] WriteError),
+    #[error("a journaled record does not decode: {0}")]
+    Record(#[from] bincode::error::DecodeError),
 }
 
 /// Longest wait for in-flight readers before a reopen gives up.
@@ -40,7 +52,13 @@ impl Store {
     /// where the previous run stopped.
     pub fn open(config: StoreConfig) -> Result<(Store, Recovered), OpenError> {
         let db = open_database(&config)?;
-        let store = Store { config, db: Default::default(), index: Default::default() };
+        let store = Store {
+            config,
+            db: Default::default(),
+            index: Default::default(),
+            journal: Default::default(),
+            replayed: Default::default(),
+        };
         let recovered = store.recover(&db)?;
         *store.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
         Ok((store, recovered))
@@ -58,6 +76,7 @@ impl Store {
     /// mirror is never rebuilt under a live reader.
     pub fn reopen(&self, before_readers: impl FnOnce(&Recovered)) -> Result<Recovered, OpenError> {
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(self.journal.lock().unwrap_or_else(|e| e.into_inner()).take());
         if let Some(old) = old {
             drop(wait_for_readers(old)?);
         }
@@ -68,13 +87,73 @@ impl Store {
         Ok(recovered)
     }
 
-    /// The head, and the key-log mirror rebuilt from disk.
+    /// The head, the key-log mirror rebuilt from disk, and the journal replayed
+    /// on top (which then starts over).
     fn recover(&self, db: &Database) -> Result<Recovered, OpenError> {
         let mut recovered = init(db)?;
         self.index.clear();
         self.index.set_merged(recovered.stored_keys);
         recovered.stored_keys += self.load_key_log(db)?;
+        let (mut journal, frames) = self.open_journal(recovered.key_hash_seed)?;
+        let unique_before = recovered.head.unique;
+        let hasher = crate::event::KeyHasher::new(recovered.key_hash_seed);
+        let replayed = self.replay(db, &mut journal, frames, &mut recovered.head, hasher)?;
+        recovered.stored_keys += recovered.head.unique - unique_before;
+        self.replayed.store(replayed, std::sync::atomic::Ordering::Relaxed);
+        if replayed > 0 {
+            tracing::info!(frames = replayed, next_seq = recovered.head.next_seq, "journal replayed");
+        }
+        *self.journal.lock().unwrap_or_else(|e| e.into_inner()) = Some(journal);
         Ok(recovered)
+    }
+
+    fn open_journal(&self, seed: u64) -> Result<(Journal, Vec<journal::Frame>), OpenError> {
+        let path = self.config.journal_path();
+        let backend = match &self.config.open_journal {
+            Some(open) => open(&path),
+            None => open_journal_file(&path),
+        };
+        backend
+            .and_then(|backend| Journal::open(backend, seed))
+            .map_err(|source| OpenError::Journal { path: path.display().to_string(), source })
+    }
+
+    /// Open: apply the journal's frames after `head.journal_frame`, in order,
+    /// then commit durably and start the journal over.
+    fn replay(
+        &self,
+        db: &redb::Database,
+        journal: &mut Journal,
+        frames: Vec<journal::Frame>,
+        head: &mut Head,
+        hasher: crate::event::KeyHasher,
+    ) -> Result<u64, OpenError> {
+        let mut replayed = 0;
+        let covered = head.journal_frame;
+        for frame in frames.into_iter().filter(|f| f.frame_no > covered) {
+            if frame.frame_no != head.journal_frame + 1 || frame.first_seq != head.next_seq {
+                return Err(OpenError::JournalGap {
+                    frame: frame.frame_no,
+                    expected: head.journal_frame + 1,
+                });
+            }
+            let records: Vec<codec::Record<'_>> =
+                frame.records.iter().map(|bytes| codec::decode(bytes)).collect::<Result<_, _>>()?;
+            let rows = records.iter().zip(&frame.records).map(|(record, bytes)| Row {
+                hash: hasher.hash(record.topic, record.event_id),
+                topic: record.topic,
+                bytes,
+            });
+            let mut next = Head { journal_frame: frame.frame_no, ..*head };
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None).map_err(WriteError::from)?;
+            let applied = self.apply(&txn, &mut next, rows, frame.duplicates)?;
+            txn.commit()?;
+            self.committed(head, next, applied);
+            replayed += 1;
+        }
+        write::durable_commit(db, journal)?;
+        Ok(replayed)
     }
 
     /// Mirror the unmerged key log in memory. Returns the pairs read.
@@ -160,6 +239,11 @@ fn open_database(config: &StoreConfig) -> Result<Database, OpenError> {
     })
 }
 
+fn open_journal_file(path: &std::path::Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+    let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+    Ok(Box::new(redb::backends::FileBackend::new(file).map_err(std::io::Error::other)?))
+}
+
 /// The database once every reader's clone is gone (reads are short).
 fn wait_for_readers(mut db: Arc<Database>) -> Result<Database, OpenError> {
     let deadline = Instant::now() + REOPEN_WAIT;
@@ -192,6 +276,7 @@ fn init(db: &Database) -> Result<Recovered, OpenError> {
             next_topic_id: u32::try_from(txn.open_table(TOPICS)?.len()?).unwrap_or(u32::MAX),
             unique: read(meta::UNIQUE)?,
             duplicates: read(meta::DUPLICATES)?,
+            journal_frame: read(meta::JOURNAL_FRAME)?,
         };
         txn.open_table(EVENTS)?;
         txn.open_table(TOPIC_RUNS)?;

@@ -38,6 +38,8 @@ pub mod meta {
     pub const UNIQUE: &str = "unique_processed";
     /// Persisted `duplicate_dropped`.
     pub const DUPLICATES: &str = "duplicate_dropped";
+    /// The last journal frame applied (`journal`); absent before the first.
+    pub const JOURNAL_FRAME: &str = "journal_frame";
 }
 
 pub const SCHEMA_VERSION: u64 = 3;

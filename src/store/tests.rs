@@ -23,7 +23,7 @@ fn record_bytes(key: &EventKey) -> Vec<u8> {
 
 fn append(store: &Store, head: &mut Head, keys: &[EventKey]) -> Result<(), WriteError> {
     let bytes: Vec<_> = keys.iter().map(record_bytes).collect();
-    let rows = keys.iter().zip(&bytes).map(|(key, b)| Row { key, bytes: b });
+    let rows = keys.iter().zip(&bytes).map(|(key, b)| Row::new(key, b));
     store.append(head, rows, 0)
 }
 

@@ -1,20 +1,30 @@
 //! The write path: one batch per write transaction (event chunks, per-topic
 //! runs, one key-log row, counters, and the next slice of a running key-log
-//! merge), committed with fsync. Called by the writer thread only.
+//! merge). A small batch is made durable by its journal frame and committed
+//! without fsync; a large one, and every `CHECKPOINT_BYTES` of journal, by
+//! redb's durable commit, which covers the journal up to it. Called by the
+//! writer thread only (and by `open`, replaying the journal).
 
 use std::collections::HashMap;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{Durability, ReadableTable, WriteTransaction};
 
 use super::codec;
 use super::handle::{Head, Row, Store};
 use super::index;
+use super::journal::{self, Journal};
 use super::schema::{EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+
+/// Journal bytes after which the next batch is committed durably (a
+/// checkpoint), and the journal starts over: this bounds the replay at open.
+pub(super) const CHECKPOINT_BYTES: u64 = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error("the database is closed (a reopen after an I/O error has not succeeded yet)")]
     Closed,
+    #[error("cannot write the journal: {0}")]
+    Journal(#[source] std::io::Error),
     #[error(transparent)]
     Transaction(#[from] redb::TransactionError),
     #[error(transparent)]
@@ -23,41 +33,103 @@ pub enum WriteError {
     Storage(#[from] redb::StorageError),
     #[error("commit failed: {0}")]
     Commit(#[from] redb::CommitError),
+    #[error(transparent)]
+    Durability(#[from] redb::SetDurabilityError),
+}
+
+/// What one transaction wrote, for the bookkeeping after its commit.
+pub(super) struct Applied {
+    pairs: Vec<(u64, u64)>,
+    merged_slice: Option<usize>,
 }
 
 impl Store {
     /// Append new events (in order) and count `duplicates`, in one transaction,
-    /// together with the next slice of a running key-log merge. `head` advances
-    /// only if the commit succeeds.
+    /// together with the next slice of a running key-log merge. When this
+    /// returns `Ok` the batch is durable (journal frame synced, or redb commit
+    /// fsynced); `head` advances only then.
     pub fn append<'a>(
         &self,
         head: &mut Head,
-        rows: impl Iterator<Item = Row<'a>>,
+        rows: impl Iterator<Item = Row<'a>> + Clone,
         duplicates: u64,
     ) -> Result<(), WriteError> {
         let db = self.database().ok_or(WriteError::Closed)?;
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let journal = journal.as_mut().ok_or(WriteError::Closed)?;
         let mut next = *head;
-        let txn = db.begin_write()?;
-        let pairs = write_events(&txn, &mut next, rows)?;
+        let frame_len = journal::frame_len(rows.clone().map(|row| row.bytes.len()));
+        let journaled = frame_len <= self.config.journal_max_frame_bytes
+            && journal.len() + frame_len as u64 <= CHECKPOINT_BYTES;
+        if journaled {
+            next.journal_frame += 1;
+            let records = rows.clone().map(|row| row.bytes);
+            journal
+                .append(next.journal_frame, next.next_seq, duplicates, records)
+                .map_err(WriteError::Journal)?;
+        }
+        let mut txn = db.begin_write()?;
+        if journaled {
+            txn.set_durability(Durability::None)?;
+        }
+        let applied = self.apply(&txn, &mut next, rows, duplicates)?;
+        txn.commit()?;
+        if !journaled {
+            journal.reset();
+        }
+        self.committed(head, next, applied);
+        Ok(())
+    }
+
+    /// Make every journaled batch durable in redb and start the journal over
+    /// (the writer does this when idle and before it exits). Nothing to do if
+    /// the journal is empty.
+    pub fn checkpoint(&self) -> Result<(), WriteError> {
+        let db = self.database().ok_or(WriteError::Closed)?;
+        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let journal = journal.as_mut().ok_or(WriteError::Closed)?;
+        if !journal.is_empty() {
+            durable_commit(&db, journal)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes journaled since the last durable commit.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, Journal::len)
+    }
+
+    /// Everything of one batch, in `txn`; `next` is the head after it.
+    pub(super) fn apply<'a>(
+        &self,
+        txn: &WriteTransaction,
+        next: &mut Head,
+        rows: impl Iterator<Item = Row<'a>>,
+        duplicates: u64,
+    ) -> Result<Applied, WriteError> {
+        let pairs = write_events(txn, next, rows)?;
         if let Some(&(_, first_seq)) = pairs.first() {
             txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&pairs).as_slice())?;
         }
-        let merged_slice = self.write_merge_slice(&txn)?;
+        let merged_slice = self.write_merge_slice(txn)?;
         next.unique += pairs.len() as u64;
         next.duplicates += duplicates;
         let mut meta_table = txn.open_table(META)?;
         meta_table.insert(meta::NEXT_SEQ, next.next_seq)?;
         meta_table.insert(meta::UNIQUE, next.unique)?;
         meta_table.insert(meta::DUPLICATES, next.duplicates)?;
-        drop(meta_table);
-        txn.commit()?;
+        meta_table.insert(meta::JOURNAL_FRAME, next.journal_frame)?;
+        Ok(Applied { pairs, merged_slice })
+    }
+
+    /// After the commit of `applied`: the head moves, the mirror gains its pairs.
+    pub(super) fn committed(&self, head: &mut Head, next: Head, applied: Applied) {
         *head = next;
-        self.index.add(&pairs);
-        if let Some(slice) = merged_slice {
+        self.index.add(&applied.pairs);
+        if let Some(slice) = applied.merged_slice {
             self.index.slice_committed(slice);
         }
         self.index.maybe_start_merge(self.config.merge_threshold, head.next_seq);
-        Ok(())
     }
 
     /// The next slice of a running merge, sorted: each tree leaf is touched once.
@@ -74,6 +146,14 @@ impl Store {
             Ok(Some(slice.id()))
         })
     }
+}
+
+/// An empty transaction committed with fsync: it makes every earlier
+/// non-durable commit durable, so the journal starts over.
+pub(super) fn durable_commit(db: &redb::Database, journal: &mut Journal) -> Result<(), WriteError> {
+    db.begin_write()?.commit()?;
+    journal.reset();
+    Ok(())
 }
 
 /// Records in `EVENTS` chunks; one `TOPIC_RUNS` row per topic of the batch; topic
@@ -96,8 +176,8 @@ fn write_events<'a>(
             events.insert(chunk_start, chunk.take().as_slice())?;
             chunk_start = next.next_seq;
         }
-        runs.entry(row.key.topic()).or_default().push(seq);
-        pairs.push((row.key.hash(), seq));
+        runs.entry(row.topic).or_default().push(seq);
+        pairs.push((row.hash, seq));
     }
     if !chunk.is_empty() {
         events.insert(chunk_start, chunk.take().as_slice())?;

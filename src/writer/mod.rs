@@ -90,7 +90,13 @@ pub struct Writer {
     settle_tx: Sender<CommittedBatch>,
     /// Settles on this thread, only should the settler thread be gone.
     fallback: Settler,
+    /// When the last batch was appended: an idle writer checkpoints the journal.
+    last_write: Instant,
 }
+
+/// An idle writer makes the journaled batches durable in redb (a checkpoint)
+/// once nothing was appended for this long.
+const CHECKPOINT_WHEN_IDLE_FOR: Duration = Duration::from_millis(50);
 
 /// One batch's try at a commit: its items and the two heads the disk may show.
 struct Attempt {
@@ -168,6 +174,7 @@ impl Writer {
             uncertain: None,
             settle_tx,
             fallback,
+            last_write: Instant::now(),
         }
     }
 
@@ -191,10 +198,14 @@ impl Writer {
                 }
                 Round::Idle | Round::Waiting => {
                     self.reopen_when_idle(&mut last_reopen);
+                    if self.last_write.elapsed() >= CHECKPOINT_WHEN_IDLE_FOR {
+                        self.checkpoint();
+                    }
                     thread::park_timeout(self.config.flush_interval);
                 }
             }
         }
+        self.checkpoint();
         tracing::info!(next_seq = self.head.next_seq, "writer drained the queue and stopped");
     }
 
@@ -270,9 +281,10 @@ impl Writer {
             let failures = self.stats.commit_failed();
             return self.not_stored(items, failures);
         }
-        let rows = items.iter().flat_map(|p| p.records.iter()).map(|r| Row { key: &r.key, bytes: &r.bytes });
+        let rows = items.iter().flat_map(|p| p.records.iter()).map(|r| Row::new(&r.key, &r.bytes));
         let duplicates: u64 = items.iter().map(|p| p.duplicates).sum();
         let started = Instant::now();
+        self.last_write = started;
         let before = self.head;
         match self.store.append(&mut self.head, rows, duplicates) {
             Ok(()) => {
@@ -280,6 +292,18 @@ impl Writer {
                 self.hand_to_settler(items, before, started);
             }
             Err(error) => self.append_failed(Attempt::new(items, before, duplicates, started), &error),
+        }
+    }
+
+    /// Make the journaled batches durable in redb, if there are any. A failure
+    /// is a storage error like a failed commit: the writer reopens the database
+    /// (its replay of the journal loses nothing).
+    fn checkpoint(&mut self) {
+        if !self.store.is_open() || self.store.journal_bytes() == 0 {
+            return;
+        }
+        if let Err(error) = self.store.checkpoint() {
+            self.checkpoint_failed(&error);
         }
     }
 

@@ -53,6 +53,15 @@ impl Writer {
         backoff(failures);
     }
 
+    /// A checkpoint failed: no batch is at stake (each is in the journal), so
+    /// only reopen, which replays the journal.
+    pub(super) fn checkpoint_failed(&mut self, error: &WriteError) {
+        let failures = self.stats.commit_failed();
+        self.stats.storage_failed(error);
+        tracing::error!(%error, failures, "checkpoint failed; reopening the database");
+        self.reopen(|_, _| {});
+    }
+
     /// True once the database is open: reopened here if an earlier error closed
     /// it, with the uncertain batch resolved before any reader can see it.
     pub(super) fn ensure_open(&mut self) -> bool {

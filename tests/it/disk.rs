@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::Duration;
 
-use event_aggregator::OpenDatabase;
+use event_aggregator::Storage;
 use redb::backends::FileBackend;
 use redb::{BackendError, StorageBackend};
 
@@ -123,12 +123,25 @@ pub struct FaultyDisk {
     faults: Arc<Faults>,
 }
 
-/// What `event_aggregator::start_with_storage` opens (and reopens) the database with.
-pub fn opener(faults: Arc<Faults>) -> Arc<OpenDatabase> {
-    Arc::new(move |builder: &redb::Builder, path: &std::path::Path| {
+/// What `event_aggregator::start_with_storage` opens (and reopens) the
+/// database and its journal with: both on the same faulty disk.
+pub fn storage(faults: Arc<Faults>) -> Storage {
+    let for_journal = faults.clone();
+    Storage {
+        database: Arc::new(move |builder: &redb::Builder, path: &std::path::Path| {
+            builder.create_with_backend(FaultyDisk::open(path, faults.clone())?)
+        }),
+        journal: Arc::new(move |path: &std::path::Path| {
+            Ok(Box::new(FaultyDisk::open(path, for_journal.clone())?) as Box<dyn StorageBackend>)
+        }),
+    }
+}
+
+impl FaultyDisk {
+    fn open(path: &std::path::Path, faults: Arc<Faults>) -> io::Result<FaultyDisk> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        builder.create_with_backend(FaultyDisk { inner: FileBackend::new(file)?, faults: faults.clone() })
-    })
+        Ok(FaultyDisk { inner: FileBackend::new(file).map_err(io::Error::other)?, faults })
+    }
 }
 
 impl StorageBackend for FaultyDisk {

@@ -39,7 +39,7 @@ impl TestApp {
 
     pub async fn spawn_with(config: Config) -> TestApp {
         let faults = Arc::new(Faults::default());
-        let app = event_aggregator::start_with_storage(config.clone(), disk::opener(faults.clone()))
+        let app = event_aggregator::start_with_storage(config.clone(), disk::storage(faults.clone()))
             .await
             .expect("app starts");
         let base = format!("http://{}", app.addr);

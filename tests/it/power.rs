@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::io;
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,48 +29,81 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, counts, data_dir, test_config};
 
-/// The volatile cache shared by every backend opened on one directory.
-struct Power {
-    /// Writes not yet synced, in order: `(offset, bytes)`.
+/// One file's volatile write cache: writes not yet synced, in order.
+struct Cache {
+    path: PathBuf,
     unsynced: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// The plain file under the cache, as a disk sees it.
+    file: std::fs::File,
+}
+
+/// The power of one directory: every backend opened on it (the database and
+/// the journal, and their reopens) shares it and one cache per file.
+struct Power {
+    caches: Mutex<Vec<Arc<Cache>>>,
     off: AtomicBool,
     /// Power goes off at this write (counting down), in the middle of a commit.
     writes_left: AtomicU64,
-    /// The plain file under the cache, as a disk sees it, and the cut's dice.
-    file: std::fs::File,
+    /// The cut's dice.
     rng: Mutex<fastrand::Rng>,
     /// Writes that were unsynced at the cut.
     torn: AtomicU64,
+    /// The cut came at a write (its countdown), not by the clock.
+    at_write: AtomicBool,
 }
 
 impl Power {
-    fn new(path: &Path, seed: u64, cut_at_write: u64) -> io::Result<Power> {
-        Ok(Power {
-            unsynced: Mutex::default(),
+    fn new(seed: u64) -> Power {
+        Power {
+            caches: Mutex::default(),
             off: AtomicBool::new(false),
-            writes_left: AtomicU64::new(cut_at_write),
-            file: open_file(path)?,
+            writes_left: AtomicU64::new(u64::MAX),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             torn: AtomicU64::new(0),
-        })
+            at_write: AtomicBool::new(false),
+        }
     }
 
-    /// Lose power (once): a random subset of the unsynced writes reaches the file.
+    /// The file at `path` behind its cache, shared by every open of it.
+    fn disk(self: &Arc<Self>, path: &Path) -> io::Result<PowerCutDisk> {
+        self.check()?;
+        let mut caches = self.caches.lock().unwrap();
+        let cache = match caches.iter().find(|c| c.path == path) {
+            Some(cache) => cache.clone(),
+            None => {
+                let cache = Arc::new(Cache {
+                    path: path.to_owned(),
+                    unsynced: Mutex::default(),
+                    file: open_file(path)?,
+                });
+                caches.push(cache.clone());
+                cache
+            }
+        };
+        let inner = FileBackend::new(open_file(path)?).map_err(io::Error::other)?;
+        Ok(PowerCutDisk { inner, cache, power: self.clone() })
+    }
+
+    /// Lose power (once): a random subset of each file's unsynced writes reaches it.
     fn cut(&self) {
         use std::os::unix::fs::FileExt;
-        // Power goes off under the cache's lock, so no sync can report a write
+        let caches = self.caches.lock().unwrap().clone();
+        // Power goes off under every cache's lock, so no sync can report a write
         // durable that the cut then drops.
-        let mut cache = self.unsynced.lock().unwrap();
+        let mut locked: Vec<_> = caches.iter().map(|c| c.unsynced.lock().unwrap()).collect();
         if self.off.swap(true, SeqCst) {
             return;
         }
-        let unsynced = std::mem::take(&mut *cache);
-        drop(cache);
-        self.torn.store(unsynced.len() as u64, SeqCst);
+        let unsynced: Vec<Vec<(u64, Vec<u8>)>> =
+            locked.iter_mut().map(|c| std::mem::take(&mut **c)).collect();
+        drop(locked);
+        self.torn.store(unsynced.iter().map(Vec::len).sum::<usize>() as u64, SeqCst);
         let mut rng = self.rng.lock().unwrap();
-        for (offset, bytes) in unsynced {
-            if rng.bool() {
-                self.file.write_all_at(&bytes, offset).expect("the file accepts the surviving write");
+        for (cache, writes) in caches.iter().zip(unsynced) {
+            for (offset, bytes) in writes {
+                if rng.bool() {
+                    cache.file.write_all_at(&bytes, offset).expect("the file accepts the surviving write");
+                }
             }
         }
     }
@@ -82,7 +115,14 @@ impl Power {
 #[derive(Debug)]
 struct PowerCutDisk {
     inner: FileBackend,
+    cache: Arc<Cache>,
     power: Arc<Power>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("path", &self.path).finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Power {
@@ -101,7 +141,7 @@ impl StorageBackend for PowerCutDisk {
         self.power.check()?;
         self.inner.read(offset, out)?;
         let end = offset + out.len() as u64;
-        for (at, bytes) in self.power.unsynced.lock().unwrap().iter() {
+        for (at, bytes) in self.cache.unsynced.lock().unwrap().iter() {
             let (from, to) = (offset.max(*at), end.min(at + bytes.len() as u64));
             if from < to {
                 let (src, dst) = ((from - at) as usize, (from - offset) as usize);
@@ -117,7 +157,7 @@ impl StorageBackend for PowerCutDisk {
         self.inner.set_len(len)
     }
     fn sync_data(&self) -> io::Result<()> {
-        let mut unsynced = self.power.unsynced.lock().unwrap();
+        let mut unsynced = self.cache.unsynced.lock().unwrap();
         self.power.check()?;
         for (offset, bytes) in unsynced.drain(..) {
             self.inner.write(offset, &bytes)?;
@@ -127,10 +167,11 @@ impl StorageBackend for PowerCutDisk {
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.power.check()?;
         if self.power.writes_left.fetch_sub(1, SeqCst) == 1 {
+            self.power.at_write.store(true, SeqCst);
             self.power.cut();
             return Err(io::Error::other("power cut"));
         }
-        let mut unsynced = self.power.unsynced.lock().unwrap();
+        let mut unsynced = self.cache.unsynced.lock().unwrap();
         self.power.check()?;
         unsynced.push((offset, data.to_vec()));
         Ok(())
@@ -179,40 +220,47 @@ async fn publish_until_refused(app_base: String, seed: u64, pool: Arc<Mutex<Vec<
 async fn no_acknowledged_event_is_lost_or_doubled_across_power_cuts() {
     let iterations: u64 =
         std::env::var("POWER_CUT_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-    let (mut stored, mut mid_commit) = (0, 0);
+    let (mut stored, mut mid_write, mut replayed) = (0, 0, 0);
     for iteration in 0..iterations {
         let run = cut_power_once(iteration).await;
         stored += run.stored;
-        mid_commit += u64::from(run.unsynced_writes > 0);
+        mid_write += u64::from(run.mid_write);
+        replayed += u64::from(run.journal_frames_replayed > 0);
     }
     assert!(stored > iterations as usize, "the runs stored events before their cuts: {stored}");
-    // Most cuts land mid-write (186 of 200 here); on a slow disk the clock cuts more.
-    assert!(mid_commit > 0, "no cut landed mid-write in {iterations} runs");
+    // Most cuts land at a write (a journal frame's, a checkpoint's or a merge's);
+    // on a slow disk the clock cuts more.
+    assert!(mid_write > 0, "no cut landed mid-write in {iterations} runs");
+    // Acknowledged batches not yet in a durable redb commit came back from the journal.
+    assert!(replayed > 0, "no run replayed the journal after its cut in {iterations} runs");
+    eprintln!("{iterations} power cuts: {mid_write} at a write, {replayed} replayed the journal");
 }
 
 struct Run {
     stored: usize,
-    unsynced_writes: usize,
+    /// The cut came at a write, or left unsynced writes behind.
+    mid_write: bool,
+    journal_frames_replayed: u64,
 }
 
 /// One run: publish, cut, reopen, check.
 async fn cut_power_once(seed: u64) -> Run {
     let dir = data_dir();
-    let path = dir.path().join("aggregator.redb");
     let mut rng = fastrand::Rng::with_seed(seed);
     // Mostly at a random write (mid-commit, or mid-merge); otherwise by the clock.
-    let power = Arc::new(Power::new(&path, seed, u64::MAX).expect("db file"));
-    let opener = {
-        let power = power.clone();
-        Arc::new(move |builder: &redb::Builder, path: &Path| {
-            power.check()?;
-            let inner = FileBackend::new(open_file(path)?)?;
-            builder.create_with_backend(PowerCutDisk { inner, power: power.clone() })
-        })
+    let power = Arc::new(Power::new(seed));
+    let (for_db, for_journal) = (power.clone(), power.clone());
+    let storage = event_aggregator::Storage {
+        database: Arc::new(move |builder: &redb::Builder, path: &Path| {
+            builder.create_with_backend(for_db.disk(path)?)
+        }),
+        journal: Arc::new(
+            move |path: &Path| Ok(Box::new(for_journal.disk(path)?) as Box<dyn StorageBackend>),
+        ),
     };
     // Small merges, so cuts land in them too.
     let config = event_aggregator::Config { index_merge_keys: 32, ..test_config(dir.path()) };
-    let app = event_aggregator::start_with_storage(config.clone(), opener).await.expect("starts");
+    let app = event_aggregator::start_with_storage(config.clone(), storage).await.expect("starts");
     power.writes_left.store(rng.u64(1..600), SeqCst);
     let base = format!("http://{}", app.addr);
     let pool = Arc::new(Mutex::new(Vec::new()));
@@ -222,7 +270,7 @@ async fn cut_power_once(seed: u64) -> Run {
     let cut = async || power.off.load(SeqCst);
     crate::helpers::eventually(Duration::from_millis(rng.u64(50..400)), cut).await;
     power.cut();
-    let unsynced_writes = power.torn.load(SeqCst) as usize;
+    let mid_write = power.at_write.load(SeqCst) || power.torn.load(SeqCst) > 0;
     let mut acked = HashSet::new();
     for p in publishers {
         acked.extend(p.await.expect("publisher task"));
@@ -230,9 +278,12 @@ async fn cut_power_once(seed: u64) -> Run {
     tokio::time::timeout(Duration::from_secs(30), app.shutdown()).await.expect("shutdown after a cut ends");
 
     let app = TestApp::spawn_with(config).await;
+    let journal_frames_replayed = app.stats().await["writer"]["journal_frames_replayed"]
+        .as_u64()
+        .expect("writer.journal_frames_replayed");
     let stored = check_promises(&app, &acked, seed).await;
     app.shutdown().await;
-    Run { stored, unsynced_writes }
+    Run { stored, mid_write, journal_frames_replayed }
 }
 
 async fn check_promises(app: &TestApp, acked: &HashSet<Key>, seed: u64) -> usize {
