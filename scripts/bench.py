@@ -253,6 +253,7 @@ def main():
             row_jetstream(args, t, single)
     finally:
         ref.stop()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.json").write_text(json.dumps(t.results, indent=1))
     print("\n" + "\n".join(t.lines))
     print(f"\nresults: {args.out}/results.json")

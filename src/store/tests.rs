@@ -156,3 +156,57 @@ fn a_reopen_recovers_the_head_and_the_unmerged_keys() {
     append(&store, &mut head, &[EventKey::new(h, "t", "after")]).unwrap();
     assert_eq!(head.next_seq, 12);
 }
+
+/// kill -9 keeps the files as they are: copying them while the store is open is
+/// the crash. Batches committed without fsync come back from the journal.
+#[test]
+fn journaled_batches_come_back_after_a_crash_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let (store, rec) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> = (0..50).map(|i| EventKey::new(h, ["a", "b", "c"][i % 3], i.to_string())).collect();
+    let mut head = rec.head;
+    for batch in keys.chunks(10) {
+        append(&store, &mut head, batch).unwrap();
+    }
+    assert_eq!(head.journal_frame, 5);
+    assert!(store.journal_bytes() > 0, "small batches went to the journal");
+
+    let crashed = dir.path().join("crashed");
+    std::fs::create_dir(&crashed).unwrap();
+    let crashed_db = crashed.join("db.redb");
+    std::fs::copy(&path, &crashed_db).unwrap();
+    std::fs::copy(config(&path, 0).journal_path(), config(&crashed_db, 0).journal_path()).unwrap();
+    drop(store);
+
+    let (store, again) = Store::open(config(&crashed_db, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    assert_eq!((again.head, again.stored_keys), (head, 50));
+    assert_eq!((store.journal_frames_replayed(), store.journal_bytes()), (5, 0));
+    assert!(store.contains(&keys).unwrap().iter().all(|&found| found));
+    let seqs: Vec<_> = store.read_page(None, Seq(0), 100).unwrap().events.iter().map(|e| e.seq.0).collect();
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>(), "replayed with the seqs they were given");
+    drop(store);
+
+    // The replay ended in a durable commit: nothing is replayed twice.
+    let (store, third) = Store::open(config(&crashed_db, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    assert_eq!((third.head, store.journal_frames_replayed()), (head, 0));
+}
+
+/// A batch past the journal's frame limit is committed with fsync, which also
+/// covers what the journal held: it starts over.
+#[test]
+fn a_large_batch_commits_durably_and_the_journal_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let small_frames =
+        StoreConfig { journal_max_frame_bytes: 1024, ..config(&path, DEFAULT_MERGE_THRESHOLD) };
+    let (store, rec) = Store::open(small_frames).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> = (0..40).map(|i| EventKey::new(h, "t", i.to_string())).collect();
+    let mut head = rec.head;
+    append(&store, &mut head, &keys[..2]).unwrap();
+    assert!(store.journal_bytes() > 0);
+    append(&store, &mut head, &keys[2..]).unwrap();
+    assert_eq!((store.journal_bytes(), head.journal_frame, head.next_seq), (0, 1, 41));
+}
