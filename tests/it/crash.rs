@@ -159,18 +159,29 @@ fn key_of(e: &Value) -> Key {
     (e["topic"].as_str().unwrap().to_owned(), e["event_id"].as_str().unwrap().to_owned())
 }
 
+/// Journal frames the server's startup replayed (`/stats`).
+async fn journal_frames_replayed(client: &reqwest::Client, server: &Server) -> u64 {
+    let (_, stats) = json_response(client.get(format!("{}/stats", server.base)).send().await.unwrap()).await;
+    stats["writer"]["journal_frames_replayed"].as_u64().expect("writer.journal_frames_replayed")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_event_across_cycles() {
     let cycles = std::env::var("CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     let dir = crate::helpers::data_dir();
     let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let client = reqwest::Client::new();
+    let mut replays = 0;
     for cycle in 0..cycles {
         let mut server = start_server(dir.path()).await;
+        replays += u64::from(journal_frames_replayed(&client, &server).await > 0);
         load_until_killed(&mut server, cycle, &ledger).await;
     }
 
     let mut server = start_server(dir.path()).await;
-    let client = reqwest::Client::new();
+    replays += u64::from(journal_frames_replayed(&client, &server).await > 0);
+    // The kills caught acknowledged batches that only the journal held.
+    assert!(replays > 0, "no restart of {cycles} replayed the journal");
     // The last kill's unanswered batches, re-sent: each stored exactly once.
     let retries = std::mem::take(&mut ledger.lock().unwrap().unanswered);
     for batch in &retries {
