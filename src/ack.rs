@@ -48,7 +48,7 @@ impl Progress {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
-    /// After the events (or their earlier twins) are committed and fsynced.
+    /// After the events (or their earlier twins) are committed and durable (fsynced).
     Durable,
     /// After the events are decided and queued.
     Buffered,

@@ -53,7 +53,7 @@ pub struct DedupTally {
 pub struct BatchCommitted {
     pub unique: u64,
     pub duplicates: u64,
-    /// Append plus commit (fsync), in microseconds.
+    /// Append plus commit (the journal's fsync or redb's), in microseconds.
     pub commit_us: u64,
 }
 

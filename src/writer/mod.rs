@@ -1,10 +1,14 @@
 //! The writer: one dedicated OS thread, the only consumer of the queue and the
-//! only caller of `Store::append`. redb allows one write transaction at a time
-//! and commits block on fsync, so this work never runs on the async executor.
+//! only caller of `Store::append` and `Store::checkpoint`. redb allows one write
+//! transaction at a time and commits block on fsync (the journal's or redb's), so
+//! this work never runs on the async executor.
 //!
 //! Each round it drains up to `max_batch_events` into one batch, writes the batch
-//! in ONE transaction, commits, and only then hands the batch to the `settler`
-//! thread, which sets the filter bits and releases the acks (group commit).
+//! in ONE transaction, commits (a small batch: journal frame synced, then redb
+//! without fsync; see `store`), and only then hands the batch to the `settler`
+//! thread, which sets the filter bits and releases the acks (group commit). After
+//! `CHECKPOINT_WHEN_IDLE_FOR` without a batch, and before it exits, it makes the
+//! journaled batches durable in redb (a checkpoint).
 //! Promises:
 //! - **Ack after commit.** A ticket becomes `Stored` (by the settler) only after
 //!   the commit that holds its events and counters returned `Ok`.
