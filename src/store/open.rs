@@ -6,12 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::handle::{Head, Recovered, Row, Store, StoreConfig};
 use super::journal::{self, Journal};
 use super::schema::{self, EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
-use super::write::{self, WriteError};
+use super::write::WriteError;
 use super::{codec, index};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +35,9 @@ pub enum OpenError {
     #[error("cannot open the journal {path}: {source}")]
     Journal { path: String, source: std::io::Error },
     #[error(
-        "the journal skips from frame {expected} to {frame}; it does not belong to this database's state"
+        "the journal's next frame is {frame}, but the database needs frame {expected}: the journal \
+         belongs to another state of this database (restored from a backup without it?); move \
+         it away to start without the batches it holds"
     )]
     JournalGap { frame: u64, expected: u64 },
     #[error("cannot replay the journal: {0}")]
@@ -118,8 +120,11 @@ impl Store {
             .map_err(|source| OpenError::Journal { path: path.display().to_string(), source })
     }
 
-    /// Open: apply the journal's frames after `head.journal_frame`, in order,
-    /// then commit durably and start the journal over.
+    /// Open: apply the journal's frames after `head.journal_frame`, in order, in
+    /// ONE transaction committed with fsync; then the journal starts over. The
+    /// key-log mirror advances frame by frame before that commit: no reader can
+    /// see the database yet, and if the commit fails the open fails and the next
+    /// one rebuilds the mirror from disk.
     fn replay(
         &self,
         db: &redb::Database,
@@ -130,6 +135,7 @@ impl Store {
     ) -> Result<u64, OpenError> {
         let mut replayed = 0;
         let covered = head.journal_frame;
+        let txn = db.begin_write()?;
         for frame in frames.into_iter().filter(|f| f.frame_no > covered) {
             if frame.frame_no != head.journal_frame + 1 || frame.first_seq != head.next_seq {
                 return Err(OpenError::JournalGap {
@@ -145,14 +151,12 @@ impl Store {
                 bytes,
             });
             let mut next = Head { journal_frame: frame.frame_no, ..*head };
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::None).map_err(WriteError::from)?;
             let applied = self.apply(&txn, &mut next, rows, frame.duplicates)?;
-            txn.commit()?;
             self.committed(head, next, applied);
             replayed += 1;
         }
-        write::durable_commit(db, journal)?;
+        txn.commit()?;
+        journal.reset();
         Ok(replayed)
     }
 
