@@ -43,8 +43,11 @@ pub struct StoreConfig {
 /// Default for [`StoreConfig::merge_threshold`].
 pub const DEFAULT_MERGE_THRESHOLD: usize = 1 << 18;
 
-/// Default for [`StoreConfig::journal_max_frame_bytes`]: ~1,000 events of 250 bytes.
-pub const DEFAULT_JOURNAL_MAX_FRAME_BYTES: usize = 256 << 10;
+/// Default for [`StoreConfig::journal_max_frame_bytes`]: ~64k events of 250
+/// bytes, past the writer's default batch of 20k. Batches of 1000-event requests
+/// gained 20–30 % from the journal too (fewer redb durable commits, each covering
+/// several batches), so it is not only for small ones.
+pub const DEFAULT_JOURNAL_MAX_FRAME_BYTES: usize = 16 << 20;
 
 impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>, cache_bytes: usize) -> Self {
