@@ -180,7 +180,10 @@ fn rebuild_filter(
         .filter(|s| s.covers_next_seq <= recovered.head.next_seq);
     if let Some(saved) = saved {
         let covers = saved.covers_next_seq;
-        let stored_keys = recovered.head.unique.max(recovered.stored_keys);
+        // Exactly the stored keys (one per stored event). `recovered.stored_keys`
+        // counts a merge's keys twice (index and log) while one is under way: at
+        // 10M keys that once judged a fitting snapshot outgrown and rescanned (9 s).
+        let stored_keys = recovered.head.unique;
         if let Some(dedup) = Deduper::from_snapshot(config.dedup(), stored_keys, saved.bytes, saved.items) {
             let hasher = KeyHasher::new(seed);
             let keys = dedup.rebuild(|add| {
