@@ -3,8 +3,9 @@
 //! 2. `http::serve` closes idle connections and drains in-flight handlers. The writer and the settler are still alive,
 //!    so the acks those handlers wait for still arrive; the request timeout
 //!    bounds this step.
-//! 3. Close the queue. The writer drains it, commits, and exits, dropping its
-//!    end of the settler's channel.
+//! 3. Close the queue. The writer drains it, commits, checkpoints the journal
+//!    (redb's durable commit, so the next start replays nothing), and exits,
+//!    dropping its end of the settler's channel.
 //! 4. Join the writer thread.
 //! 5. Join the settler thread: it has settled every committed batch (filter
 //!    bits, counters, acks) and seen its channel close.

@@ -24,8 +24,8 @@
 //!   failed (claims released, 503) and buffered items, already acknowledged, are
 //!   held and retried with backoff; if the disk cannot tell yet, the batch keeps
 //!   its keys claimed until it can (`recovery`).
-//! - **Shutdown.** After the queue is closed the writer drains it completely, then
-//!   exits, which drops its end of the settler's channel; the shutdown sequence
+//! - **Shutdown.** After the queue is closed the writer drains it completely,
+//!   checkpoints the journal, then exits, which drops its end of the settler's channel; the shutdown sequence
 //!   joins the writer, then the settler, then drops the database.
 
 mod plan;
