@@ -109,9 +109,10 @@ pub struct Config {
     #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
 
-    /// New keys kept in the append-only key log before it is merged into the sorted
-    /// on-disk index (the merge is spread over 4 to 256 batches, ~16k keys each).
-    /// Higher: cheaper writes, more memory (about 20 bytes a key).
+    /// New keys kept in the append-only key log (mirrored in memory, and reloaded
+    /// at start) before it is merged into the small sorted tree of the on-disk
+    /// index (spread over 4 to 16 batches). Higher: cheaper writes, more memory
+    /// (about 35 bytes a key) and a longer start.
     #[arg(long, env = "INDEX_MERGE_KEYS", default_value_t = 262_144)]
     pub index_merge_keys: usize,
 

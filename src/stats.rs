@@ -79,9 +79,14 @@ pub struct WriterStats {
     #[schema(value_type = u64)]
     pub last_batch_events: Gauge,
     /// Committed keys not yet merged into the sorted on-disk index: the key log,
-    /// mirrored in memory (~20–40 bytes a key) until a merge takes them.
+    /// mirrored in memory (~35 bytes a key) until a merge takes them. Bounded by
+    /// `INDEX_MERGE_KEYS` plus what arrives while a merge runs.
     #[schema(value_type = u64)]
     pub key_log_pairs: Gauge,
+    /// Keys in the upper, small sorted tree of the on-disk index, not yet moved
+    /// into the lower one (on disk only; no memory per key).
+    #[schema(value_type = u64)]
+    pub upper_index_pairs: Gauge,
     /// Bytes in the journal since redb's last durable commit (a checkpoint):
     /// small batches made durable by the journal, replayed after a crash.
     #[schema(value_type = u64)]
@@ -284,6 +289,7 @@ impl Stats {
             avg_commit_ms: Gauge(avg_commit_ms),
             last_batch_events: Gauge(self.last_batch_events.load(Relaxed)),
             key_log_pairs: Gauge(store.key_log_pairs() as u64),
+            upper_index_pairs: Gauge(store.upper_index_pairs()),
             journal_bytes: Gauge(store.journal_bytes()),
             journal_frames_replayed: Gauge(store.journal_frames_replayed()),
         }

@@ -1,27 +1,43 @@
-//! The on-disk dedup index, kept cheap to write: a log plus a sorted tree.
+//! The on-disk dedup index, kept cheap to write: a log and two sorted trees,
+//! each merged into the next in bulk (a small LSM tree on redb).
 //!
-//! - Each batch writes its new `(key_hash, seq)` pairs as ONE row of `KEY_LOG`
-//!   (append order), and the writer mirrors them in memory ([`KeyIndex`]).
-//! - Once the log holds `merge_threshold` pairs, or a quarter of the tree if that
-//!   is more (so each merge rewrites the tree's leaves for at least N/4 new keys,
-//!   bounding the write amplification as the index grows), the writer merges a snapshot of it
-//!   into the sorted `KEY_INDEX` tree, one slice of the hash space per batch
-//!   transaction, so each tree leaf is rewritten once per merge instead of once
-//!   per batch. The slices are sized at the merge's start to carry about
-//!   `SLICE_PAIRS` pairs each (4 to 256 slices), so a commit's share of a merge
-//!   stays bounded as the index grows. The last slice deletes the snapshot's log
-//!   rows.
+//! - **The log.** Each batch writes its new `(key_hash, seq)` pairs as ONE row
+//!   of `KEY_LOG` (append order), and the writer mirrors them in memory
+//!   ([`KeyIndex`]). The mirror is the only per-key memory of the index, and a
+//!   restart reloads it: both are bounded by `merge_threshold` pairs (plus what
+//!   arrives while a merge runs), not by the keys stored.
+//! - **Log merge.** Once the log holds `merge_threshold` pairs, the writer merges
+//!   a snapshot of it into the small sorted tree `KEY_INDEX_UPPER`, one slice of
+//!   the hash space per batch transaction (sorted inserts, so each leaf is
+//!   rewritten once per merge, not once per batch). The slices are sized at the
+//!   merge's start to carry about `SLICE_PAIRS` pairs each, but there are at most
+//!   `MAX_LOG_SLICES`: batches keep adding pairs while a merge runs, so a merge
+//!   in few slices is what keeps the mirror near `merge_threshold` (at most
+//!   `MAX_LOG_SLICES` batches' pairs on top of it). The last slice deletes the
+//!   snapshot's log rows.
+//! - **Tree merge.** Once the upper tree holds `merge_threshold` pairs or a
+//!   quarter of the lower tree `KEY_INDEX`, if that is more (so each tree merge
+//!   rewrites the lower tree's leaves for at least N/4 new keys, bounding the
+//!   write amplification as the index grows), the writer moves it into
+//!   `KEY_INDEX` in hash order, a run of pairs per batch transaction: a
+//!   `TREE_SLICES`th of what the upper tree held at the start, and at least twice
+//!   what the same transaction's log slice adds, so the merge always finishes.
+//!   Both merges may run at once; a transaction carries a slice of each.
 //!
 //! Invariants:
-//! - **Findable.** A committed key's pair is in the in-memory log mirror or in a
-//!   `KEY_INDEX` snapshot that a later reader sees: the mirror gains pairs after
-//!   their commit and loses them only after the commit that merged them, and a
-//!   reader consults the mirror before it begins its read transaction.
+//! - **Findable.** A committed key's pair is in the in-memory log mirror or in one
+//!   of the two trees, in every snapshot a later reader sees: the mirror gains
+//!   pairs after their commit and loses them only after the commit that put them
+//!   in the upper tree, a pair moves from the upper tree to the lower one inside
+//!   one transaction, and a reader consults the mirror before it begins its read
+//!   transaction (and then both trees in it).
 //! - **Idempotent merges.** A crash mid-merge leaves the log rows in place; they
-//!   are reloaded and merged again, and re-inserting a pair is a no-op.
+//!   are reloaded and merged again. Re-inserting a pair is a no-op, and a pair
+//!   found in both trees names the same record twice, which a lookup does not mind.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::event::BuildKeyHasher;
 
@@ -30,19 +46,30 @@ use crate::event::BuildKeyHasher;
 const SHARDS: usize = 256;
 /// Pairs a merge slice aims to carry (at most 256 slices: one per shard).
 const SLICE_PAIRS: usize = 16_384;
-/// Slices of a merge, as a power of two: at least 4, at most `SHARDS`.
+/// Slices of a log merge, as a power of two: at least 4, at most 16.
 const MIN_SLICE_BITS: u32 = 2;
-const MAX_SLICE_BITS: u32 = 8;
+const MAX_SLICE_BITS: u32 = 4;
+/// A tree merge moves about this fraction of the upper tree per transaction.
+const TREE_SLICES: u64 = 64;
+/// The mirror's maps are sized for this multiple of `merge_threshold` when the
+/// index is cleared, so that they rarely grow (and leave freed tables behind):
+/// the log grows past the threshold by the batches a merge spans.
+const MIRROR_HEADROOM: f64 = 2.0;
+/// ... but not beyond this many pairs (a huge threshold need not be reached).
+const MIRROR_MAX_PRESIZE: usize = 1 << 22;
 
-/// The in-memory mirror of `KEY_LOG` plus the merge in progress. Readers: disk
+/// The in-memory mirror of `KEY_LOG` plus the merges in progress. Readers: disk
 /// checks (any thread). Writers: `Store::append` (the writer thread), and the
 /// recovery at open and reopen, while no reader holds the database.
 #[derive(Default)]
 pub struct KeyIndex {
     log: RwLock<LogMirror>,
     merge: std::sync::Mutex<Option<Merge>>,
-    /// Pairs in the sorted tree (approximately: a re-merged pair counts twice).
-    merged: std::sync::atomic::AtomicU64,
+    tree_merge: std::sync::Mutex<Option<TreeMerge>>,
+    /// Pairs in `KEY_INDEX_UPPER` and `KEY_INDEX` (approximately: a pair merged
+    /// again after a crash counts twice until the next open reads the lengths).
+    upper: AtomicU64,
+    lower: AtomicU64,
 }
 
 struct LogMirror {
@@ -55,7 +82,15 @@ struct LogMirror {
 
 impl Default for LogMirror {
     fn default() -> Self {
-        LogMirror { first: (0..SHARDS).map(|_| HashMap::default()).collect(), more: Vec::new() }
+        LogMirror::with_capacity(0)
+    }
+}
+
+impl LogMirror {
+    fn with_capacity(pairs: usize) -> Self {
+        let per_shard = pairs.div_ceil(SHARDS);
+        let first = (0..SHARDS).map(|_| HashMap::with_capacity_and_hasher(per_shard, Default::default()));
+        LogMirror { first: first.collect(), more: Vec::new() }
     }
 }
 
@@ -83,7 +118,30 @@ impl Merge {
     }
 }
 
-/// One slice of a merge, for one transaction.
+/// A tree merge in progress: the upper tree's pairs from `from` on (in key
+/// order) are still to move down.
+struct TreeMerge {
+    from: (u64, u64),
+    /// Pairs a slice moves at least.
+    slice_pairs: u64,
+}
+
+/// One slice of a tree merge, for one transaction: up to `max_pairs` of the
+/// upper tree's pairs from `from` on.
+pub struct TreeSlice {
+    pub from: (u64, u64),
+    pub max_pairs: u64,
+}
+
+/// What a tree slice moved: `pairs`, the last of them `last` (`None`: it
+/// reached the end of the upper tree, so the merge is done).
+pub struct TreeMoved {
+    pub from: (u64, u64),
+    pub pairs: u64,
+    pub last: Option<(u64, u64)>,
+}
+
+/// One slice of a log merge, for one transaction.
 pub struct Slice<'a> {
     pub pairs: &'a [(u64, u64)],
     /// The last slice also deletes the snapshot's log rows.
@@ -96,23 +154,29 @@ fn shard_of(hash: u64) -> usize {
     (hash >> 56) as usize
 }
 
-/// Slice bits for a merge of `pairs`: about `SLICE_PAIRS` a slice.
+/// Slice bits for a log merge of `pairs`: about `SLICE_PAIRS` a slice.
 fn slice_bits_for(pairs: usize) -> u32 {
     let slices = pairs.div_ceil(SLICE_PAIRS).next_power_of_two();
     slices.trailing_zeros().clamp(MIN_SLICE_BITS, MAX_SLICE_BITS)
 }
 
 impl KeyIndex {
-    /// At open and reopen, before the log is loaded again: forget everything.
-    pub fn clear(&self) {
-        *self.log.write().unwrap_or_else(|e| e.into_inner()) = LogMirror::default();
+    /// At open and reopen, before the log (of `log_pairs`) is loaded again:
+    /// forget everything but the lengths of the trees, and size the mirror for
+    /// what it will hold.
+    pub fn clear(&self, merge_threshold: usize, log_pairs: usize, upper: u64, lower: u64) {
+        let steady = ((merge_threshold as f64 * MIRROR_HEADROOM) as usize).min(MIRROR_MAX_PRESIZE);
+        let capacity = steady.max(log_pairs + log_pairs / 4);
+        *self.log.write().unwrap_or_else(|e| e.into_inner()) = LogMirror::with_capacity(capacity);
         *self.merge.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.merged.store(0, std::sync::atomic::Ordering::Relaxed);
+        *self.tree_merge.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.upper.store(upper, Relaxed);
+        self.lower.store(lower, Relaxed);
     }
 
-    /// At open: the number of pairs already in the sorted tree.
-    pub fn set_merged(&self, pairs: u64) {
-        self.merged.store(pairs, std::sync::atomic::Ordering::Relaxed);
+    /// Pairs in the upper tree.
+    pub fn upper_len(&self) -> u64 {
+        self.upper.load(Relaxed)
     }
 
     /// Pairs of committed keys (startup reload and after each commit).
@@ -142,20 +206,50 @@ impl KeyIndex {
         log.first.iter().map(HashMap::len).sum::<usize>() + log.more.len()
     }
 
-    /// Start a merge of everything unmerged if the log is at `threshold` and no
-    /// merge is running. `end_seq` is the head's next seq (nothing later exists).
-    pub fn maybe_start_merge(&self, threshold: usize, end_seq: u64) {
+    /// Start a log merge of everything unmerged if the log is at `threshold`,
+    /// and a tree merge if the upper tree is at `threshold` or a quarter of the
+    /// lower one; neither if one of its kind is running. `end_seq` is the head's
+    /// next seq (nothing later exists).
+    pub fn maybe_start_merges(&self, threshold: usize, end_seq: u64) {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
-        let merged = self.merged.load(std::sync::atomic::Ordering::Relaxed) as usize;
         let unmerged = self.unmerged_len();
-        if merge.is_some() || unmerged < threshold.max(merged / 4).max(1) {
-            return;
+        if merge.is_none() && unmerged >= threshold.max(1) {
+            let slice_bits = slice_bits_for(unmerged);
+            *merge = Some(Merge { snapshot_end_seq: end_seq, slice_bits, next_slice: 0, current: None });
         }
-        let slice_bits = slice_bits_for(unmerged);
-        *merge = Some(Merge { snapshot_end_seq: end_seq, slice_bits, next_slice: 0, current: None });
+        let mut tree_merge = self.tree_merge.lock().unwrap_or_else(|e| e.into_inner());
+        let (upper, lower) = (self.upper.load(Relaxed), self.lower.load(Relaxed));
+        if tree_merge.is_none() && upper >= (threshold as u64).max(lower / 4).max(1) {
+            // (A tiny threshold, in tests, makes tiny slices too.)
+            let slice_pairs = (upper / TREE_SLICES).max(SLICE_PAIRS.min(threshold.max(1)) as u64);
+            *tree_merge = Some(TreeMerge { from: (0, 0), slice_pairs });
+        }
     }
 
-    /// Run `f` with the next slice to merge, if a merge is running.
+    /// The next slice of a running tree merge, in a transaction whose log slice
+    /// adds `incoming` pairs to the upper tree.
+    pub fn next_tree_slice(&self, incoming: u64) -> Option<TreeSlice> {
+        let merge = self.tree_merge.lock().unwrap_or_else(|e| e.into_inner());
+        let m = merge.as_ref()?;
+        Some(TreeSlice { from: m.from, max_pairs: m.slice_pairs.max(2 * incoming) })
+    }
+
+    /// After the commit that moved a tree slice down.
+    pub fn tree_slice_committed(&self, moved: &TreeMoved) {
+        let mut merge = self.tree_merge.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(m) = merge.as_mut() else { return };
+        if m.from != moved.from {
+            return;
+        }
+        let _ = self.upper.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(moved.pairs)));
+        self.lower.fetch_add(moved.pairs, Relaxed);
+        match moved.last.and_then(successor) {
+            Some(from) => m.from = from,
+            None => *merge = None,
+        }
+    }
+
+    /// Run `f` with the next slice of a running log merge.
     pub fn with_next_slice<R>(&self, f: impl FnOnce(Option<Slice<'_>>) -> R) -> R {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
         let Some(m) = merge.as_mut() else { return f(None) };
@@ -175,8 +269,8 @@ impl KeyIndex {
         f(Some(Slice { pairs, last, snapshot_end_seq: m.snapshot_end_seq, slice }))
     }
 
-    /// After the commit that wrote slice `slice`: drop its pairs from the mirror
-    /// and move on (or finish).
+    /// After the commit that wrote log slice `slice` to the upper tree: drop its
+    /// pairs from the mirror and move on (or finish).
     pub fn slice_committed(&self, slice: usize) {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
         let Some(m) = merge.as_mut() else { return };
@@ -185,7 +279,7 @@ impl KeyIndex {
         }
         let end_seq = m.snapshot_end_seq;
         let count = m.current.take().map_or(0, |pairs| pairs.len());
-        self.merged.fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+        self.upper.fetch_add(count as u64, Relaxed);
         {
             let shards = m.shards(slice);
             let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
@@ -201,6 +295,14 @@ impl KeyIndex {
     }
 }
 
+/// The next `(hash, seq)` key, if any.
+fn successor((hash, seq): (u64, u64)) -> Option<(u64, u64)> {
+    match seq.checked_add(1) {
+        Some(seq) => Some((hash, seq)),
+        None => hash.checked_add(1).map(|hash| (hash, 0)),
+    }
+}
+
 impl Slice<'_> {
     pub fn id(&self) -> usize {
         self.slice
@@ -209,7 +311,7 @@ impl Slice<'_> {
 
 /// `KEY_LOG` row encoding: little-endian `(hash, seq)` pairs.
 pub fn encode_pairs(pairs: &[(u64, u64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(pairs.len() * 16);
+    let mut out = Vec::with_capacity(pairs.len() * PAIR_BYTES);
     for (h, s) in pairs {
         out.extend_from_slice(&h.to_le_bytes());
         out.extend_from_slice(&s.to_le_bytes());
@@ -217,8 +319,11 @@ pub fn encode_pairs(pairs: &[(u64, u64)]) -> Vec<u8> {
     out
 }
 
+/// Bytes of one encoded pair.
+pub const PAIR_BYTES: usize = 16;
+
 pub fn decode_pairs(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
-    bytes.chunks_exact(16).map(|c| {
+    bytes.chunks_exact(PAIR_BYTES).map(|c| {
         let (h, s) = c.split_at(8);
         (
             u64::from_le_bytes(h.try_into().expect("chunk of 16 splits into 8 + 8")),
@@ -251,7 +356,7 @@ mod tests {
         let index = KeyIndex::default();
         let pairs: Vec<(u64, u64)> = (0..64u64).map(|i| (i << 58, i + 1)).collect();
         index.add(&pairs);
-        index.maybe_start_merge(64, 65);
+        index.maybe_start_merges(64, 65);
         index.add(&[(3, 65)]); // committed after the snapshot
         let slices = walk_merge(&index);
         assert_eq!(slices.len(), 4, "a small merge has the fewest slices");
@@ -260,17 +365,44 @@ mod tests {
     }
 
     #[test]
-    fn a_large_merge_is_cut_into_slices_of_bounded_size() {
+    fn a_log_merge_is_cut_into_slices_of_about_slice_pairs_but_at_most_16() {
+        for (pairs, slices) in [(12 * SLICE_PAIRS as u64, 16), (40 * SLICE_PAIRS as u64, 16)] {
+            let index = KeyIndex::default();
+            let spread = (0..pairs).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i + 1));
+            index.add(&spread.collect::<Vec<_>>());
+            index.maybe_start_merges(1, pairs + 1);
+            let lens = walk_merge(&index);
+            assert_eq!(lens.len(), slices, "{pairs} pairs");
+            assert_eq!(lens.iter().sum::<usize>() as u64, pairs);
+            let even = pairs as usize / slices;
+            assert!(lens.iter().all(|&len| len.abs_diff(even) < even / 10), "{lens:?}");
+            assert_eq!(index.unmerged_len(), 0);
+        }
+    }
+
+    #[test]
+    fn a_tree_merge_starts_at_a_quarter_of_the_lower_tree_and_outpaces_what_comes_in() {
         let index = KeyIndex::default();
-        let n = 40 * SLICE_PAIRS as u64;
-        let pairs: Vec<(u64, u64)> = (0..n).map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i + 1)).collect();
-        index.add(&pairs);
-        index.maybe_start_merge(1, n + 1);
-        let slices = walk_merge(&index);
-        assert_eq!(slices.len(), 64, "40 × SLICE_PAIRS pairs: the next power of two of slices");
-        assert_eq!(slices.iter().sum::<usize>() as u64, n);
-        assert!(slices.iter().all(|&len| len < SLICE_PAIRS), "{slices:?}");
-        assert_eq!(index.unmerged_len(), 0);
+        index.clear(100, 0, 99, 800);
+        index.maybe_start_merges(100, 1);
+        assert!(index.next_tree_slice(0).is_none(), "99 pairs: under the threshold");
+        index.clear(100, 0, 199, 800);
+        index.maybe_start_merges(100, 1);
+        assert!(index.next_tree_slice(0).is_none(), "under a quarter of the lower tree");
+        let upper = 64 * SLICE_PAIRS as u64 * 4;
+        index.clear(100, 0, upper, 4 * upper);
+        index.maybe_start_merges(100, 1);
+        let slice = index.next_tree_slice(0).expect("a quarter: started");
+        assert_eq!((slice.from, slice.max_pairs), ((0, 0), upper / TREE_SLICES));
+        let big_batch = upper;
+        assert_eq!(index.next_tree_slice(big_batch).unwrap().max_pairs, 2 * big_batch);
+
+        let moved = TreeMoved { from: (0, 0), pairs: 10, last: Some((7, u64::MAX)) };
+        index.tree_slice_committed(&moved);
+        assert_eq!(index.next_tree_slice(0).unwrap().from, (8, 0), "on from the key after the last moved");
+        assert_eq!((index.upper_len(), index.lower.load(Relaxed)), (upper - 10, 4 * upper + 10));
+        index.tree_slice_committed(&TreeMoved { from: (8, 0), pairs: 0, last: None });
+        assert!(index.next_tree_slice(0).is_none(), "the end of the upper tree: done");
     }
 
     /// Commit every slice of the running merge in turn; each slice's pair count.

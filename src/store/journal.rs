@@ -66,12 +66,26 @@ pub fn frame_len(record_lens: impl Iterator<Item = usize>) -> usize {
 }
 
 impl Journal {
-    /// Open the journal and read back its frames, oldest first: the caller
-    /// replays those numbered after what the database covers, then `reset`s.
-    pub fn open(backend: Box<dyn StorageBackend>, seed: u64) -> io::Result<(Journal, Vec<Frame>)> {
+    /// Open the journal and read back its frames numbered after `covered` (the
+    /// last frame the database's durable state holds), oldest first: the caller
+    /// replays them, then `reset`s.
+    ///
+    /// If the first frame is covered, so is every frame after it: a cycle's
+    /// frames are numbered on from the durable commit that began it (its reset),
+    /// so a covered first frame means no frame was written since the last
+    /// durable commit, and the rest is older still. Nothing more is read then,
+    /// which keeps the open after a clean shutdown from reading the whole file.
+    pub fn open(
+        backend: Box<dyn StorageBackend>,
+        seed: u64,
+        covered: u64,
+    ) -> io::Result<(Journal, Vec<Frame>)> {
         let allocated = backend.len()?;
         let mut journal = Journal { backend, seed, end: 0, allocated, buf: Vec::new() };
-        let frames = journal.read_frames()?;
+        let mut frames = journal.read_frames(covered)?;
+        if frames.first().is_some_and(|first| first.frame_no <= covered) {
+            frames.clear();
+        }
         Ok((journal, frames))
     }
 
@@ -139,8 +153,9 @@ impl Journal {
         Ok(())
     }
 
-    /// Frames from offset 0 while whole and consecutively numbered.
-    fn read_frames(&mut self) -> io::Result<Vec<Frame>> {
+    /// Frames from offset 0 while whole and consecutively numbered; only the
+    /// first if that one is `covered`.
+    fn read_frames(&mut self, covered: u64) -> io::Result<Vec<Frame>> {
         let mut frames: Vec<Frame> = Vec::new();
         let mut header = [0u8; HEADER];
         while self.end + HEADER as u64 <= self.allocated {
@@ -160,8 +175,12 @@ impl Journal {
             if frames.last().is_some_and(|last| frame.frame_no != last.frame_no + 1) {
                 break;
             }
+            let first_is_covered = frames.is_empty() && frame.frame_no <= covered;
             frames.push(frame);
             self.end = body_start + body_len;
+            if first_is_covered {
+                break;
+            }
         }
         Ok(frames)
     }
@@ -219,18 +238,18 @@ mod tests {
     }
 
     fn frame_nos(disk: &Shared, seed: u64) -> Vec<u64> {
-        let (_, frames) = Journal::open(Box::new(disk.clone()), seed).unwrap();
+        let (_, frames) = Journal::open(Box::new(disk.clone()), seed, 0).unwrap();
         frames.iter().map(|f| f.frame_no).collect()
     }
 
     #[test]
     fn frames_come_back_whole_and_in_order() {
         let disk = Shared::default();
-        let (mut journal, none) = Journal::open(Box::new(disk.clone()), 7).unwrap();
+        let (mut journal, none) = Journal::open(Box::new(disk.clone()), 7, 0).unwrap();
         assert!(none.is_empty());
         append(&mut journal, 1, &[b"a", b"bc"]);
         append(&mut journal, 2, &[]);
-        let (_, frames) = Journal::open(Box::new(disk), 7).unwrap();
+        let (_, frames) = Journal::open(Box::new(disk), 7, 0).unwrap();
         assert_eq!(
             frames[0],
             Frame { frame_no: 1, first_seq: 10, duplicates: 1, records: vec![b"a".to_vec(), b"bc".to_vec()] }
@@ -241,7 +260,7 @@ mod tests {
     #[test]
     fn replay_stops_at_a_torn_frame_and_ignores_another_database() {
         let disk = Shared::default();
-        let (mut journal, _) = Journal::open(Box::new(disk.clone()), 7).unwrap();
+        let (mut journal, _) = Journal::open(Box::new(disk.clone()), 7, 0).unwrap();
         append(&mut journal, 1, &[b"first"]);
         let torn_at = journal.len();
         append(&mut journal, 2, &[b"second"]);
@@ -254,16 +273,14 @@ mod tests {
     #[test]
     fn after_a_reset_the_previous_cycles_tail_is_never_replayed() {
         let disk = Shared::default();
-        let (mut journal, _) = Journal::open(Box::new(disk.clone()), 7).unwrap();
+        let (mut journal, _) = Journal::open(Box::new(disk.clone()), 7, 0).unwrap();
         for n in 1..=4 {
             append(&mut journal, n, &[b"old cycle, long record"]);
         }
         journal.reset();
-        assert_eq!(
-            frame_nos(&disk, 7),
-            vec![1, 2, 3, 4],
-            "covered frames are still read, and skipped by the store"
-        );
+        assert_eq!(frame_nos(&disk, 7), vec![1, 2, 3, 4], "nothing covered: all are read");
+        let (_, covered) = Journal::open(Box::new(disk.clone()), 7, 4).unwrap();
+        assert!(covered.is_empty(), "a covered first frame: nothing to replay");
         append(&mut journal, 5, &[b"new"]);
         // Frame 5 is shorter than frame 1: what follows it is the middle of old frame 1, then 2..4.
         append(&mut journal, 6, &[b"new"]);
@@ -273,7 +290,7 @@ mod tests {
     #[test]
     fn the_file_grows_in_steps_and_is_reused_after_a_reset() {
         let disk = Shared::default();
-        let (mut journal, _) = Journal::open(Box::new(disk.clone()), 7).unwrap();
+        let (mut journal, _) = Journal::open(Box::new(disk.clone()), 7, 0).unwrap();
         append(&mut journal, 1, &[b"x"]);
         assert_eq!(disk.len().unwrap(), GROW_BYTES);
         journal.reset();

@@ -10,7 +10,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::handle::{Head, Recovered, Row, Store, StoreConfig};
 use super::journal::{self, Journal};
-use super::schema::{self, EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+use super::schema::{self, EVENTS, KEY_INDEX, KEY_INDEX_UPPER, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
 use super::write::WriteError;
 use super::{codec, index};
 
@@ -92,11 +92,10 @@ impl Store {
     /// The head, the key-log mirror rebuilt from disk, and the journal replayed
     /// on top (which then starts over).
     fn recover(&self, db: &Database) -> Result<Recovered, OpenError> {
-        let mut recovered = init(db)?;
-        self.index.clear();
-        self.index.set_merged(recovered.stored_keys);
-        recovered.stored_keys += self.load_key_log(db)?;
-        let (mut journal, frames) = self.open_journal(recovered.key_hash_seed)?;
+        let (mut recovered, [upper, lower]) = init(db)?;
+        recovered.stored_keys += self.load_key_log(db, upper, lower)?;
+        let (mut journal, frames) =
+            self.open_journal(recovered.key_hash_seed, recovered.head.journal_frame)?;
         let unique_before = recovered.head.unique;
         let hasher = crate::event::KeyHasher::new(recovered.key_hash_seed);
         let replayed = self.replay(db, &mut journal, frames, &mut recovered.head, hasher)?;
@@ -109,14 +108,14 @@ impl Store {
         Ok(recovered)
     }
 
-    fn open_journal(&self, seed: u64) -> Result<(Journal, Vec<journal::Frame>), OpenError> {
+    fn open_journal(&self, seed: u64, covered: u64) -> Result<(Journal, Vec<journal::Frame>), OpenError> {
         let path = self.config.journal_path();
         let backend = match &self.config.open_journal {
             Some(open) => open(&path),
             None => open_journal_file(&path),
         };
         backend
-            .and_then(|backend| Journal::open(backend, seed))
+            .and_then(|backend| Journal::open(backend, seed, covered))
             .map_err(|source| OpenError::Journal { path: path.display().to_string(), source })
     }
 
@@ -160,16 +159,23 @@ impl Store {
         Ok(replayed)
     }
 
-    /// Mirror the unmerged key log in memory. Returns the pairs read.
-    fn load_key_log(&self, db: &Database) -> Result<u64, OpenError> {
+    /// Mirror the unmerged key log in memory, the mirror sized for it first (so
+    /// it does not grow while loading). Returns the pairs read.
+    fn load_key_log(&self, db: &Database, upper: u64, lower: u64) -> Result<u64, OpenError> {
         let txn = db.begin_read()?;
+        let log = txn.open_table(KEY_LOG)?;
         let mut n = 0;
-        for row in txn.open_table(KEY_LOG)?.iter()? {
-            let pairs: Vec<(u64, u64)> = index::decode_pairs(row?.1.value()).collect();
-            n += pairs.len() as u64;
+        for row in log.iter()? {
+            n += row?.1.value().len() / index::PAIR_BYTES;
+        }
+        self.index.clear(self.config.merge_threshold, n, upper, lower);
+        let mut pairs = Vec::new();
+        for row in log.iter()? {
+            pairs.clear();
+            pairs.extend(index::decode_pairs(row?.1.value()));
             self.index.add(&pairs);
         }
-        Ok(n)
+        Ok(n as u64)
     }
 
     /// Startup filter rebuild: call `f` with the hash of every stored key. A key
@@ -178,9 +184,11 @@ impl Store {
         let db = self.database().ok_or(super::read::ReadError::Closed)?;
         let txn = db.begin_read()?;
         let mut n = 0;
-        for entry in txn.open_table(KEY_INDEX)?.iter()? {
-            f(entry?.0.value().0);
-            n += 1;
+        for tree in [KEY_INDEX_UPPER, KEY_INDEX] {
+            for entry in txn.open_table(tree)?.iter()? {
+                f(entry?.0.value().0);
+                n += 1;
+            }
         }
         for row in txn.open_table(KEY_LOG)?.iter()? {
             for (hash, _) in index::decode_pairs(row?.1.value()) {
@@ -236,11 +244,18 @@ fn open_database(config: &StoreConfig) -> Result<Database, OpenError> {
             .map_err(|source| OpenError::DataDir { path: dir.display().to_string(), source })?;
     }
     let mut builder = Database::builder();
-    builder.set_cache_size(config.cache_bytes);
+    builder.set_cache_size(config.cache_bytes).set_repair_callback(log_repair_progress);
     Ok(match &config.open_database {
         Some(open) => open(&builder, &config.path)?,
         None => builder.create(&config.path)?,
     })
+}
+
+/// redb repairs a file that was not closed cleanly (a crash) at open, walking
+/// every tree: say so, since it takes time proportional to the data.
+fn log_repair_progress(session: &mut redb::RepairSession) {
+    let percent = (session.progress() * 100.0) as u64;
+    tracing::info!(percent, "repairing the database after an unclean shutdown");
 }
 
 fn open_journal_file(path: &std::path::Path) -> std::io::Result<Box<dyn redb::StorageBackend>> {
@@ -263,13 +278,18 @@ fn wait_for_readers(mut db: Arc<Database>) -> Result<Database, OpenError> {
     }
 }
 
-/// Create missing tables, fix the hash seed on first open, read the head.
-fn init(db: &Database) -> Result<Recovered, OpenError> {
+/// Create missing tables, fix the hash seed on first open, read the head and
+/// the lengths of the key trees (upper, lower).
+fn init(db: &Database) -> Result<(Recovered, [u64; 2]), OpenError> {
     let txn = db.begin_write()?;
     let recovered = {
         let mut meta_table = txn.open_table(META)?;
         let version = get_or_insert(&mut meta_table, meta::SCHEMA_VERSION, || schema::SCHEMA_VERSION)?;
-        if version != schema::SCHEMA_VERSION {
+        if version == schema::UPGRADABLE_SCHEMA_VERSION {
+            // Only the upper key tree is new (created below); the longer key log
+            // of a version-3 file is merged into it as usual.
+            meta_table.insert(meta::SCHEMA_VERSION, schema::SCHEMA_VERSION)?;
+        } else if version != schema::SCHEMA_VERSION {
             return Err(OpenError::Schema { found: version, expected: schema::SCHEMA_VERSION });
         }
         let key_hash_seed = get_or_insert(&mut meta_table, meta::KEY_HASH_SEED, random_seed)?;
@@ -285,8 +305,8 @@ fn init(db: &Database) -> Result<Recovered, OpenError> {
         txn.open_table(EVENTS)?;
         txn.open_table(TOPIC_RUNS)?;
         txn.open_table(KEY_LOG)?;
-        let stored_keys = txn.open_table(KEY_INDEX)?.len()?;
-        Recovered { key_hash_seed, head, stored_keys }
+        let trees = [txn.open_table(KEY_INDEX_UPPER)?.len()?, txn.open_table(KEY_INDEX)?.len()?];
+        (Recovered { key_hash_seed, head, stored_keys: trees[0] + trees[1] }, trees)
     };
     txn.commit()?;
     Ok(recovered)

@@ -1,6 +1,6 @@
 //! The redb tables. Layout chosen for write speed (see docs/design.md, "Table layout"):
-//! every table but `KEY_INDEX` is appended to in key order; the one random-order
-//! table has small fixed-width keys, and each batch inserts into it in sorted order.
+//! every table but the two key trees is appended to in key order; those have small
+//! fixed-width keys and are written only by merges, in sorted order.
 
 use redb::TableDefinition;
 
@@ -12,10 +12,14 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// `GET /events?topic=`. One row per topic per batch (a "run"), not per event.
 pub const TOPIC_RUNS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("topic_runs");
 
-/// `(key_hash, seq) -> ()`. The merged part of the dedup index (see `index`). A
-/// hash collision simply yields two entries under one hash; lookups compare the
-/// exact key against each record.
+/// `(key_hash, seq) -> ()`. The lower, large sorted tree of the dedup index (see
+/// `index`). A hash collision simply yields two entries under one hash; lookups
+/// compare the exact key against each record.
 pub const KEY_INDEX: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index");
+
+/// `(key_hash, seq) -> ()`. The upper, small sorted tree of the dedup index: the
+/// key log is merged into it, and it into `KEY_INDEX` (see `index`).
+pub const KEY_INDEX_UPPER: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index_upper");
 
 /// `first seq of a batch -> packed (key_hash, seq) pairs` of that batch's new keys:
 /// the not yet merged part of the dedup index, one append-ordered row per batch.
@@ -42,4 +46,7 @@ pub mod meta {
     pub const JOURNAL_FRAME: &str = "journal_frame";
 }
 
-pub const SCHEMA_VERSION: u64 = 3;
+/// 4: the upper key tree. A version-3 file (no upper tree, a longer key log) is
+/// upgraded in place at open.
+pub const SCHEMA_VERSION: u64 = 4;
+pub const UPGRADABLE_SCHEMA_VERSION: u64 = 3;

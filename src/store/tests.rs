@@ -74,8 +74,8 @@ fn keys_stay_findable_through_log_merges_and_reopens() {
         all.extend(keys);
         assert!(store.contains(&all).unwrap().iter().all(|found| *found), "after batch {batch}");
         if batch == 19 {
-            // Reopen mid-merge (merges of 4 slices start after batches 1, 5, ..., 17;
-            // the one after 17 has written 2): the log is reloaded and merged again.
+            // Reopen mid-merge (log merges of 4 slices start after batches 1, 5, ...,
+            // 17; the one after 17 has written 2): the log is reloaded and merged again.
             drop(store);
             let (again, rec) = Store::open(config(&path, 8)).unwrap();
             assert_eq!(rec.head, head);
@@ -100,6 +100,44 @@ fn keys_stay_findable_after_reopen(store: Store, mut all: Vec<EventKey>, h: KeyH
         })
         .unwrap();
     assert!(all.iter().all(|k| hashes.contains(&k.hash())));
+}
+
+/// Pairs go log -> upper tree -> lower tree; a reopen in the middle of a tree
+/// merge starts it over, and no key is missed at any point.
+#[test]
+fn keys_stay_findable_through_tree_merges_and_a_reopen_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let (mut store, rec) = Store::open(config(&path, 4)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let mut head = rec.head;
+    let mut all = Vec::new();
+    let mut reopened = false;
+    for batch in 0..300 {
+        let keys: Vec<_> = (0..3).map(|i| EventKey::new(h, "t", format!("{batch}-{i}"))).collect();
+        append(&store, &mut head, &keys).unwrap();
+        all.extend(keys);
+        assert!(store.contains(&all).unwrap().iter().all(|found| *found), "after batch {batch}");
+        let mid_tree_merge = store.index.next_tree_slice(0).is_some_and(|s| s.from != (0, 0));
+        if mid_tree_merge && !reopened && store.index.upper_len() > 100 {
+            drop(store);
+            let (again, rec) = Store::open(config(&path, 4)).unwrap();
+            assert_eq!(rec.head, head);
+            assert!(
+                rec.stored_keys >= all.len() as u64,
+                "a pair mid-log-merge may count twice, never zero times"
+            );
+            assert!(again.index.next_tree_slice(0).is_none(), "the merge starts over when due");
+            store = again;
+            reopened = true;
+        }
+    }
+    assert!(reopened, "a tree merge of over 100 pairs ran");
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let txn = store.database().unwrap().begin_read().unwrap();
+    let lower = txn.open_table(schema::KEY_INDEX).unwrap().len().unwrap();
+    assert!(lower > 600, "most pairs reached the lower tree: {lower}");
+    assert_eq!(store.contains(&[EventKey::new(h, "t", "absent")]).unwrap(), vec![false]);
 }
 
 #[test]
@@ -209,4 +247,39 @@ fn a_large_batch_commits_durably_and_the_journal_starts_over() {
     assert!(store.journal_bytes() > 0);
     append(&store, &mut head, &keys[2..]).unwrap();
     assert_eq!((store.journal_bytes(), head.journal_frame, head.next_seq), (0, 1, 41));
+}
+
+/// A version-3 file (before the upper key tree) opens, is upgraded in place,
+/// and keeps its keys; an unknown version is refused.
+#[test]
+fn a_version_3_file_is_upgraded_and_an_unknown_version_refused() {
+    use redb::ReadableDatabase;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let (store, rec) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> = (0..20).map(|i| EventKey::new(h, "t", i.to_string())).collect();
+    let mut head = rec.head;
+    append(&store, &mut head, &keys).unwrap();
+    drop(store);
+    let set_version = |version: u64| {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(schema::META).unwrap().insert(schema::meta::SCHEMA_VERSION, version).unwrap();
+        txn.delete_table(schema::KEY_INDEX_UPPER).unwrap();
+        txn.commit().unwrap();
+    };
+    set_version(schema::UPGRADABLE_SCHEMA_VERSION);
+    let (store, again) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    assert_eq!(again.head, head);
+    assert!(store.contains(&keys).unwrap().iter().all(|&found| found));
+    let txn = store.database().unwrap().begin_read().unwrap();
+    let version = txn.open_table(schema::META).unwrap().get(schema::meta::SCHEMA_VERSION).unwrap();
+    assert_eq!(version.map(|v| v.value()), Some(schema::SCHEMA_VERSION));
+    drop(txn);
+    drop(store);
+
+    set_version(schema::SCHEMA_VERSION + 1);
+    let refused = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).err().expect("a newer file is refused");
+    assert!(matches!(refused, OpenError::Schema { found: 5, expected: 4 }), "{refused}");
 }

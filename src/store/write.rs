@@ -1,5 +1,5 @@
 //! The write path: one batch per write transaction (event chunks, per-topic
-//! runs, one key-log row, counters, and the next slice of a running key-log
+//! runs, one key-log row, counters, and the next slice of each running index
 //! merge). A small batch is made durable by its journal frame and committed
 //! without fsync; a large one, and every `CHECKPOINT_BYTES` of journal, by
 //! redb's durable commit, which covers the journal up to it. Called by the
@@ -13,7 +13,7 @@ use super::codec;
 use super::handle::{Head, Row, Store};
 use super::index;
 use super::journal::{self, Journal};
-use super::schema::{EVENTS, KEY_INDEX, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+use super::schema::{EVENTS, KEY_INDEX, KEY_INDEX_UPPER, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
 
 /// Journal bytes after which the next batch is committed durably (a
 /// checkpoint), and the journal starts over: this bounds the replay at open.
@@ -41,6 +41,7 @@ pub enum WriteError {
 pub(super) struct Applied {
     pairs: Vec<(u64, u64)>,
     merged_slice: Option<usize>,
+    moved_slice: Option<index::TreeMoved>,
 }
 
 impl Store {
@@ -111,7 +112,8 @@ impl Store {
         if let Some(&(_, first_seq)) = pairs.first() {
             txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&pairs).as_slice())?;
         }
-        let merged_slice = self.write_merge_slice(txn)?;
+        let (merged_slice, incoming) = self.write_merge_slice(txn)?.unzip();
+        let moved_slice = self.write_tree_slice(txn, incoming.unwrap_or(0))?;
         next.unique += pairs.len() as u64;
         next.duplicates += duplicates;
         let mut meta_table = txn.open_table(META)?;
@@ -119,7 +121,7 @@ impl Store {
         meta_table.insert(meta::UNIQUE, next.unique)?;
         meta_table.insert(meta::DUPLICATES, next.duplicates)?;
         meta_table.insert(meta::JOURNAL_FRAME, next.journal_frame)?;
-        Ok(Applied { pairs, merged_slice })
+        Ok(Applied { pairs, merged_slice, moved_slice })
     }
 
     /// After the commit of `applied`: the head moves, the mirror gains its pairs.
@@ -129,22 +131,55 @@ impl Store {
         if let Some(slice) = applied.merged_slice {
             self.index.slice_committed(slice);
         }
-        self.index.maybe_start_merge(self.config.merge_threshold, head.next_seq);
+        if let Some(moved) = &applied.moved_slice {
+            self.index.tree_slice_committed(moved);
+        }
+        self.index.maybe_start_merges(self.config.merge_threshold, head.next_seq);
     }
 
-    /// The next slice of a running merge, sorted: each tree leaf is touched once.
-    fn write_merge_slice(&self, txn: &WriteTransaction) -> Result<Option<usize>, WriteError> {
+    /// The next slice of a running log merge, sorted: each leaf of the upper tree
+    /// is touched once.
+    /// Returns its id and the pairs it inserted.
+    fn write_merge_slice(&self, txn: &WriteTransaction) -> Result<Option<(usize, u64)>, WriteError> {
         self.index.with_next_slice(|slice| {
             let Some(slice) = slice else { return Ok(None) };
-            let mut tree = txn.open_table(KEY_INDEX)?;
+            let mut tree = txn.open_table(KEY_INDEX_UPPER)?;
             for pair in slice.pairs {
                 tree.insert(pair, ())?;
             }
             if slice.last {
                 txn.open_table(KEY_LOG)?.retain_in(..slice.snapshot_end_seq, |_, _| false)?;
             }
-            Ok(Some(slice.id()))
+            Ok(Some((slice.id(), slice.pairs.len() as u64)))
         })
+    }
+}
+
+impl Store {
+    /// The next slice of a running tree merge: a run of the upper tree's pairs,
+    /// moved to the lower tree (after the log slice of the same transaction,
+    /// which adds `incoming` pairs and which it may carry along).
+    fn write_tree_slice(
+        &self,
+        txn: &WriteTransaction,
+        incoming: u64,
+    ) -> Result<Option<index::TreeMoved>, WriteError> {
+        let Some(slice) = self.index.next_tree_slice(incoming) else { return Ok(None) };
+        let mut upper = txn.open_table(KEY_INDEX_UPPER)?;
+        let pairs = upper
+            .range(slice.from..)?
+            .take(slice.max_pairs as usize)
+            .map(|entry| entry.map(|(pair, _)| pair.value()))
+            .collect::<Result<Vec<(u64, u64)>, _>>()?;
+        let last = pairs.last().copied().filter(|_| pairs.len() as u64 == slice.max_pairs);
+        if let Some(&end) = pairs.last() {
+            upper.retain_in(slice.from..=end, |_, _| false)?;
+        }
+        let mut lower = txn.open_table(KEY_INDEX)?;
+        for pair in &pairs {
+            lower.insert(pair, ())?;
+        }
+        Ok(Some(index::TreeMoved { from: slice.from, pairs: pairs.len() as u64, last }))
     }
 }
 
