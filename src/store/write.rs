@@ -108,7 +108,7 @@ impl Store {
         rows: impl Iterator<Item = Row<'a>>,
         duplicates: u64,
     ) -> Result<Applied, WriteError> {
-        let pairs = write_events(txn, next, rows)?;
+        let pairs = write_events(txn, next, rows, self.index.take_buffer())?;
         if let Some(&(_, first_seq)) = pairs.first() {
             txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&pairs).as_slice())?;
         }
@@ -128,6 +128,7 @@ impl Store {
     pub(super) fn committed(&self, head: &mut Head, next: Head, applied: Applied) {
         *head = next;
         self.index.add(&applied.pairs);
+        self.index.return_buffer(applied.pairs);
         if let Some(slice) = applied.merged_slice {
             self.index.slice_committed(slice);
         }
@@ -166,11 +167,10 @@ impl Store {
     ) -> Result<Option<index::TreeMoved>, WriteError> {
         let Some(slice) = self.index.next_tree_slice(incoming) else { return Ok(None) };
         let mut upper = txn.open_table(KEY_INDEX_UPPER)?;
-        let pairs = upper
-            .range(slice.from..)?
-            .take(slice.max_pairs as usize)
-            .map(|entry| entry.map(|(pair, _)| pair.value()))
-            .collect::<Result<Vec<(u64, u64)>, _>>()?;
+        let mut pairs = self.index.take_buffer();
+        for entry in upper.range(slice.from..)?.take(slice.max_pairs as usize) {
+            pairs.push(entry?.0.value());
+        }
         let last = pairs.last().copied().filter(|_| pairs.len() as u64 == slice.max_pairs);
         if let Some(&end) = pairs.last() {
             upper.retain_in(slice.from..=end, |_, _| false)?;
@@ -179,7 +179,9 @@ impl Store {
         for pair in &pairs {
             lower.insert(pair, ())?;
         }
-        Ok(Some(index::TreeMoved { from: slice.from, pairs: pairs.len() as u64, last }))
+        let moved = index::TreeMoved { from: slice.from, pairs: pairs.len() as u64, last };
+        self.index.return_buffer(pairs);
+        Ok(Some(moved))
     }
 }
 
@@ -192,14 +194,14 @@ pub(super) fn durable_commit(db: &redb::Database, journal: &mut Journal) -> Resu
 }
 
 /// Records in `EVENTS` chunks; one `TOPIC_RUNS` row per topic of the batch; topic
-/// counts. Returns the batch's `(key_hash, seq)` pairs.
+/// counts. Returns the batch's `(key_hash, seq)` pairs, in `pairs` (empty).
 fn write_events<'a>(
     txn: &WriteTransaction,
     next: &mut Head,
     rows: impl Iterator<Item = Row<'a>>,
+    mut pairs: Vec<(u64, u64)>,
 ) -> Result<Vec<(u64, u64)>, WriteError> {
     let mut events = txn.open_table(EVENTS)?;
-    let mut pairs = Vec::new();
     let mut runs: HashMap<&'a str, Vec<u64>> = HashMap::new();
     let mut chunk = codec::ChunkBuilder::default();
     let mut chunk_start = next.next_seq;
