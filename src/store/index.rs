@@ -11,10 +11,10 @@
 //!   the hash space per batch transaction (sorted inserts, so each leaf is
 //!   rewritten once per merge, not once per batch). The slices are sized at the
 //!   merge's start to carry about `SLICE_PAIRS` pairs each, but there are at most
-//!   `MAX_LOG_SLICES`: batches keep adding pairs while a merge runs, so a merge
-//!   in few slices is what keeps the mirror near `merge_threshold` (at most
-//!   `MAX_LOG_SLICES` batches' pairs on top of it). The last slice deletes the
-//!   snapshot's log rows.
+//!   16 (`MAX_SLICE_BITS`): batches keep adding pairs while a merge runs, so a
+//!   merge in few slices is what keeps the mirror near `merge_threshold` (at most
+//!   16 batches' pairs on top of it). The last slice deletes the snapshot's log
+//!   rows.
 //! - **Tree merge.** Once the upper tree holds `merge_threshold` pairs or a
 //!   quarter of the lower tree `KEY_INDEX`, if that is more (so each tree merge
 //!   rewrites the lower tree's leaves for at least N/4 new keys, bounding the
@@ -44,7 +44,8 @@ use crate::event::BuildKeyHasher;
 /// The mirror is kept in this many maps, by the top 8 bits of the hash; a merge
 /// slice is a power-of-two run of them.
 const SHARDS: usize = 256;
-/// Pairs a merge slice aims to carry (at most 256 slices: one per shard).
+/// Pairs a merge slice aims to carry (a log merge has at most 16 slices, so
+/// its slices grow past this with the log; a tree merge's are at least this).
 const SLICE_PAIRS: usize = 16_384;
 /// Slices of a log merge, as a power of two: at least 4, at most 16.
 const MIN_SLICE_BITS: u32 = 2;

@@ -139,8 +139,7 @@ impl Store {
     }
 
     /// The next slice of a running log merge, sorted: each leaf of the upper tree
-    /// is touched once.
-    /// Returns its id and the pairs it inserted.
+    /// is touched once. Returns its id and the pairs it inserted.
     fn write_merge_slice(&self, txn: &WriteTransaction) -> Result<Option<(usize, u64)>, WriteError> {
         self.index.with_next_slice(|slice| {
             let Some(slice) = slice else { return Ok(None) };
@@ -154,9 +153,7 @@ impl Store {
             Ok(Some((slice.id(), slice.pairs.len() as u64)))
         })
     }
-}
 
-impl Store {
     /// The next slice of a running tree merge: a run of the upper tree's pairs,
     /// moved to the lower tree (after the log slice of the same transaction,
     /// which adds `incoming` pairs and which it may carry along).
