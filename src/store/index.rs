@@ -72,8 +72,9 @@ pub struct KeyIndex {
     upper: AtomicU64,
     lower: AtomicU64,
     /// Emptied pair buffers for the next batch or slice: they run to hundreds of
-    /// KiB, and allocating them afresh each time cost page faults (the freed
-    /// memory goes back to the OS in between) for ~8 % of the writer's time.
+    /// KiB, and allocated afresh each time they were faulted in as new pages (the
+    /// freed memory goes back to the OS in between): ~8 % of the writer's samples
+    /// in a profile at 8M keys (docs/perf.md).
     buffers: std::sync::Mutex<Vec<Vec<(u64, u64)>>>,
 }
 
