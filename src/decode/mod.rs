@@ -54,7 +54,7 @@ pub fn decode(
     now: &str,
 ) -> Result<Vec<Event>, DecodeError> {
     let items = match format {
-        BodyFormat::Json => parse_json(body)?,
+        BodyFormat::Json => parse_json(body, limits.max_batch_events)?,
         BodyFormat::Ndjson => parse_ndjson(body)?,
     };
     if items.len() > limits.max_batch_events {
@@ -72,10 +72,10 @@ pub fn decode(
     if errors.is_empty() { Ok(events) } else { Err(DecodeError::Invalid(errors)) }
 }
 
-fn parse_json(body: &[u8]) -> Result<Vec<WireItem<'_>>, DecodeError> {
+fn parse_json(body: &[u8], max_items: usize) -> Result<Vec<WireItem<'_>>, DecodeError> {
     let malformed = |e: serde_json::Error| DecodeError::Malformed(e.to_string());
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => serde_json::from_slice(body).map_err(malformed),
+        Some(b'[') => wire::parse_array(body, max_items).map_err(malformed),
         Some(b'{') => {
             let top: TopLevel<'_> = serde_json::from_slice(body).map_err(malformed)?;
             match top {
@@ -83,7 +83,7 @@ fn parse_json(body: &[u8]) -> Result<Vec<WireItem<'_>>, DecodeError> {
                     if !raw.get().starts_with('[') {
                         return Err(DecodeError::NotEvents);
                     }
-                    serde_json::from_str(raw.get()).map_err(malformed)
+                    wire::parse_array(raw.get().as_bytes(), max_items).map_err(malformed)
                 }
                 TopLevel::Single(item) => Ok(vec![item]),
             }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// One field as found on the wire, before the rules are applied.
@@ -50,6 +50,41 @@ impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
             }
             item => TopLevel::Single(item),
         })
+    }
+}
+
+/// A JSON array of items. The `Vec` is sized from the text's length up front
+/// (an event takes at least ~30 bytes; at most `max_items + 1` slots, one past
+/// the batch limit so that an oversized batch is still counted): serde's own
+/// `Vec` starts empty and doubles, ~10 copies and fresh pages for 1000 items.
+pub(super) fn parse_array(text: &[u8], max_items: usize) -> serde_json::Result<Vec<WireItem<'_>>> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let capacity = (text.len() / 128).min(max_items.saturating_add(1));
+    let items = ItemsSeed(capacity).deserialize(&mut de)?;
+    de.end()?;
+    Ok(items)
+}
+
+struct ItemsSeed(usize);
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed {
+    type Value = Vec<WireItem<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed {
+    type Value = Vec<WireItem<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+        let mut items = Vec::with_capacity(self.0);
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(items)
     }
 }
 

@@ -6,8 +6,11 @@
 //! batches it turns one durable redb commit per batch into one per 32 MiB.
 //!
 //! Promises:
-//! - **Durable before applied.** `append` returns `Ok` only after the frame is
-//!   synced; the writer applies the batch to redb only after that.
+//! - **Durable before acknowledged.** A frame counts as written (`len` moves
+//!   past it) only once [`Journal::sync`] returned `Ok` for it. The writer
+//!   applies the batch to redb (committed without fsync) while the frame's sync
+//!   runs on a second thread, and hands the batch on for its acks only after
+//!   both returned `Ok` (`store::write`).
 //! - **Replayed until covered.** Every frame numbered after the `journal_frame`
 //!   of redb's last durable commit is replayed into redb at open, in order, with
 //!   the seqs it was given; then redb commits durably and the journal starts
@@ -42,6 +45,11 @@ pub struct Frame {
     /// The records, each a `codec` encoding.
     pub records: Vec<Vec<u8>>,
 }
+
+/// Where a written, not yet synced, frame ends (from [`Journal::write_frame`]).
+#[derive(Debug, Clone, Copy)]
+#[must_use = "a written frame counts only once synced: pass it to `frame_synced`"]
+pub struct FrameEnd(u64);
 
 pub struct Journal {
     backend: Box<dyn StorageBackend>,
@@ -98,15 +106,17 @@ impl Journal {
         self.end == 0
     }
 
-    /// Write one frame and sync it. On `Err` the frame may or may not be in the
-    /// file; a reopen's replay tells.
-    pub fn append<'a>(
+    /// Write one frame, without syncing it: [`Journal::sync`] makes it durable
+    /// and [`Journal::frame_synced`] then counts it. Returns where the frame
+    /// ends. On `Err` the frame may or may not be in the file; a reopen's
+    /// replay tells.
+    pub fn write_frame<'a>(
         &mut self,
         frame_no: u64,
         first_seq: u64,
         duplicates: u64,
         records: impl Iterator<Item = &'a [u8]>,
-    ) -> io::Result<()> {
+    ) -> io::Result<FrameEnd> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         buf.resize(HEADER, 0);
@@ -125,9 +135,36 @@ impl Journal {
         let checksum = xxh3_64_with_seed(&buf[HEADER..], self.seed);
         buf[..4].copy_from_slice(&body_len.to_le_bytes());
         buf[4..HEADER].copy_from_slice(&checksum.to_le_bytes());
-        let result = self.write_and_sync(&buf);
+        let result = self.write_at_end(&buf);
         self.buf = buf;
         result
+    }
+
+    /// `fdatasync` the file: every frame written so far is durable once this
+    /// returns `Ok`. Takes `&self`, so it can run on another thread while the
+    /// writer applies the frame's batch to redb.
+    pub fn sync(&self) -> io::Result<()> {
+        self.backend.sync_data()
+    }
+
+    /// The frame ending at `end` was synced: the next one goes after it.
+    pub fn frame_synced(&mut self, end: FrameEnd) {
+        self.end = end.0;
+    }
+
+    /// Write one frame and sync it (tests, and what the writer does in two steps).
+    #[cfg(test)]
+    pub fn append<'a>(
+        &mut self,
+        frame_no: u64,
+        first_seq: u64,
+        duplicates: u64,
+        records: impl Iterator<Item = &'a [u8]>,
+    ) -> io::Result<()> {
+        let end = self.write_frame(frame_no, first_seq, duplicates, records)?;
+        self.sync()?;
+        self.frame_synced(end);
+        Ok(())
     }
 
     /// Start over at offset 0: everything journaled so far is in a durable
@@ -137,7 +174,9 @@ impl Journal {
         self.end = 0;
     }
 
-    fn write_and_sync(&mut self, frame: &[u8]) -> io::Result<()> {
+    /// Write `frame` at the end, growing the file first if it must; `end` moves
+    /// only once the frame is synced ([`Journal::frame_synced`]).
+    fn write_at_end(&mut self, frame: &[u8]) -> io::Result<FrameEnd> {
         let end = self.end + frame.len() as u64;
         if end > self.allocated {
             let grown = end.max(self.allocated + GROW_BYTES);
@@ -148,9 +187,7 @@ impl Journal {
             self.allocated = grown;
         }
         self.backend.write(self.end, frame)?;
-        self.backend.sync_data()?;
-        self.end = end;
-        Ok(())
+        Ok(FrameEnd(end))
     }
 
     /// Frames from offset 0 while whole and consecutively numbered; only the

@@ -49,6 +49,12 @@ impl Store {
     /// together with the next slice of a running key-log merge. When this
     /// returns `Ok` the batch is durable (journal frame synced, or redb commit
     /// fsynced); `head` advances only then.
+    ///
+    /// A journaled batch's frame is synced on a second thread while this one
+    /// applies the batch to redb and commits it without fsync: the disk's flush
+    /// and the writer's CPU work overlap. Should the process die before both
+    /// return, nothing of the batch was acknowledged, and redb either holds it
+    /// or not (its commit was not durable); either is a state a retry is safe in.
     pub fn append<'a>(
         &self,
         head: &mut Head,
@@ -62,24 +68,51 @@ impl Store {
         let frame_len = journal::frame_len(rows.clone().map(|row| row.bytes.len()));
         let journaled = frame_len <= self.config.journal_max_frame_bytes
             && journal.len() + frame_len as u64 <= CHECKPOINT_BYTES;
-        if journaled {
+        let frame = if journaled {
             next.journal_frame += 1;
             let records = rows.clone().map(|row| row.bytes);
-            journal
-                .append(next.journal_frame, next.next_seq, duplicates, records)
+            let end = journal
+                .write_frame(next.journal_frame, next.next_seq, duplicates, records)
                 .map_err(WriteError::Journal)?;
-        }
-        let mut txn = db.begin_write()?;
-        if journaled {
-            txn.set_durability(Durability::None)?;
-        }
-        let applied = self.apply(&txn, &mut next, rows, duplicates)?;
-        txn.commit()?;
-        if !journaled {
-            journal.reset();
+            Some(end)
+        } else {
+            None
+        };
+        let durability = if journaled { Durability::None } else { Durability::Immediate };
+        let journal_ref = &*journal;
+        let (applied, synced) = std::thread::scope(|scope| {
+            let sync = frame.map(|_| scope.spawn(|| journal_ref.sync()));
+            let applied = self.apply_and_commit(&db, durability, &mut next, rows, duplicates);
+            let synced =
+                sync.map(|sync| sync.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            (applied, synced)
+        });
+        let applied = applied?;
+        match (synced, frame) {
+            (Some(synced), Some(end)) => {
+                synced.map_err(WriteError::Journal)?;
+                journal.frame_synced(end);
+            }
+            _ => journal.reset(),
         }
         self.committed(head, next, applied);
         Ok(())
+    }
+
+    /// One write transaction with the batch, committed with `durability`.
+    fn apply_and_commit<'a>(
+        &self,
+        db: &redb::Database,
+        durability: Durability,
+        next: &mut Head,
+        rows: impl Iterator<Item = Row<'a>>,
+        duplicates: u64,
+    ) -> Result<Applied, WriteError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(durability)?;
+        let applied = self.apply(&txn, next, rows, duplicates)?;
+        txn.commit()?;
+        Ok(applied)
     }
 
     /// Make every journaled batch durable in redb and start the journal over

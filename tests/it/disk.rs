@@ -126,13 +126,18 @@ pub struct FaultyDisk {
 /// What `event_aggregator::start_with_storage` opens (and reopens) the
 /// database and its journal with: both on the same faulty disk.
 pub fn storage(faults: Arc<Faults>) -> Storage {
-    let for_journal = faults.clone();
+    storage_apart(faults.clone(), faults)
+}
+
+/// The database on the disk of `database`, its journal on the disk of `journal`:
+/// one of the two can fail while the other does not.
+pub fn storage_apart(database: Arc<Faults>, journal: Arc<Faults>) -> Storage {
     Storage {
         database: Arc::new(move |builder: &redb::Builder, path: &std::path::Path| {
-            builder.create_with_backend(FaultyDisk::open(path, faults.clone())?)
+            builder.create_with_backend(FaultyDisk::open(path, database.clone())?)
         }),
         journal: Arc::new(move |path: &std::path::Path| {
-            Ok(Box::new(FaultyDisk::open(path, for_journal.clone())?) as Box<dyn StorageBackend>)
+            Ok(Box::new(FaultyDisk::open(path, journal.clone())?) as Box<dyn StorageBackend>)
         }),
     }
 }

@@ -39,9 +39,19 @@ impl TestApp {
 
     pub async fn spawn_with(config: Config) -> TestApp {
         let faults = Arc::new(Faults::default());
-        let app = event_aggregator::start_with_storage(config.clone(), disk::storage(faults.clone()))
-            .await
-            .expect("app starts");
+        TestApp::spawn_on(config, faults.clone(), disk::storage(faults)).await
+    }
+
+    /// An app whose journal is on a disk of its own: the switches returned
+    /// fail it alone, `faults()` the database's disk alone.
+    pub async fn spawn_with_journal_apart(config: Config) -> (TestApp, Arc<Faults>) {
+        let (database, journal) = (Arc::new(Faults::default()), Arc::new(Faults::default()));
+        let storage = disk::storage_apart(database.clone(), journal.clone());
+        (TestApp::spawn_on(config, database, storage).await, journal)
+    }
+
+    async fn spawn_on(config: Config, faults: Arc<Faults>, storage: event_aggregator::Storage) -> TestApp {
+        let app = event_aggregator::start_with_storage(config.clone(), storage).await.expect("app starts");
         let base = format!("http://{}", app.addr);
         TestApp { app, client: reqwest::Client::new(), base, config, faults }
     }
