@@ -243,7 +243,12 @@ pub struct ClaimSet {
 
 impl ClaimSet {
     pub fn new(dedup: Arc<Deduper>, ticket: Arc<Ticket>) -> Self {
-        ClaimSet { dedup, ticket, keys: Vec::new(), fail_reason: FailReason::Abandoned, settled: false }
+        ClaimSet::with_capacity(dedup, ticket, 0)
+    }
+    /// Room for `keys` claims up front (a request claims at most one per event).
+    pub fn with_capacity(dedup: Arc<Deduper>, ticket: Arc<Ticket>, keys: usize) -> Self {
+        let keys = Vec::with_capacity(keys);
+        ClaimSet { dedup, ticket, keys, fail_reason: FailReason::Abandoned, settled: false }
     }
     pub fn push(&mut self, key: EventKey) {
         self.keys.push(key);

@@ -89,14 +89,15 @@ impl Ingest {
             })
             .unzip();
         let ticket = Ticket::new();
-        let mut claims = ClaimSet::new(self.dedup.clone(), ticket.clone());
+        let mut claims = ClaimSet::with_capacity(self.dedup.clone(), ticket.clone(), received);
         let mut tally = DedupTally::default();
         let (mut decisions, twins) = self.claim_all(&keys, &ticket, &mut claims, &mut tally);
         self.check_on_disk(&keys, &mut decisions, &mut tally).await?;
         self.stats.dedup_decided(&tally);
 
-        let mut records = Vec::new();
-        let mut duplicate_indices = Vec::new();
+        let new = decisions.iter().filter(|d| **d == Decision::New).count();
+        let mut records = Vec::with_capacity(new);
+        let mut duplicate_indices = Vec::with_capacity(received - new);
         for (i, decision) in decisions.iter().enumerate() {
             match decision {
                 Decision::New => records.push(new_record(&keys[i], &bodies[i], received_at_us)),
@@ -127,7 +128,7 @@ impl Ingest {
     ) -> (Vec<Decision>, Vec<Arc<Ticket>>) {
         let mut decisions = Vec::with_capacity(keys.len());
         let mut twins: Vec<Arc<Ticket>> = Vec::new();
-        let mut won = Vec::new();
+        let mut won = Vec::with_capacity(keys.len());
         let mut in_memory = 0;
         for key in keys {
             let decision = match self.dedup.claim(key, ticket) {

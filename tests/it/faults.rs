@@ -242,25 +242,31 @@ async fn a_commit_reported_failed_is_stored_and_counted_at_most_once() {
 }
 
 /// The journal's sync fails while redb's commit without fsync, which runs at the
-/// same time, went through. The reopen after the failure finds the batch (redb
-/// makes a pending commit durable as it closes) or does not; either way the
-/// events end up stored exactly once and counted once, and they survive a restart.
+/// same time for a frame this large, went through. The reopen after the failure
+/// finds the batch (redb makes a pending commit durable as it closes) or does
+/// not; either way the events end up stored exactly once and counted once, and
+/// they survive a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_journal_sync_beside_a_good_commit_is_stored_once() {
     let dir = data_dir();
     let (app, journal) = TestApp::spawn_with_journal_apart(test_config(dir.path())).await;
     journal.fail_syncs();
-    let batch = json!([event("j", "1"), event("j", "2")]);
+    // ~1,500 records of ~300 bytes: a frame past the size synced beside the commit.
+    let padding = "p".repeat(200);
+    let events: Vec<_> = (0..1500)
+        .map(|i| json!({"topic": "j", "event_id": i.to_string(), "payload": {"pad": padding}}))
+        .collect();
+    let batch = serde_json::Value::Array(events);
     let (status, body) = app.publish(&batch).await;
     assert!(matches!(status, StatusCode::OK | StatusCode::SERVICE_UNAVAILABLE), "{status}: {body}");
     journal.heal();
     heal_and_wait_for_reads(&app).await;
     let (status, body) = app.publish(&batch).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(app.all_events(Some("j")).await.len(), 2, "each event once");
+    assert_eq!(app.all_events(Some("j")).await.len(), 1500, "each event once");
     let app = app.restart().await;
-    assert_eq!(app.all_events(Some("j")).await.len(), 2, "still once after a restart");
+    assert_eq!(app.all_events(Some("j")).await.len(), 1500, "still once after a restart");
     let (received, unique, duplicates) = counts(&app.stats().await);
-    assert_eq!((unique, received), (2, 2 + duplicates));
+    assert_eq!((unique, received), (1500, 1500 + duplicates));
     app.shutdown().await;
 }
