@@ -8,9 +8,9 @@
 //! Promises:
 //! - **Durable before acknowledged.** A frame counts as written (`len` moves
 //!   past it) only once [`Journal::sync`] returned `Ok` for it. The writer
-//!   applies the batch to redb (committed without fsync) while the frame's sync
-//!   runs on a second thread, and hands the batch on for its acks only after
-//!   both returned `Ok` (`store::write`).
+//!   applies the batch to redb (committed without fsync) after the sync, or,
+//!   for a large frame, while the sync runs on a second thread; it hands the
+//!   batch on for its acks only after both returned `Ok` (`store::write`).
 //! - **Replayed until covered.** Every frame numbered after the `journal_frame`
 //!   of redb's last durable commit is replayed into redb at open, in order, with
 //!   the seqs it was given; then redb commits durably and the journal starts

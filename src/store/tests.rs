@@ -231,6 +231,39 @@ fn journaled_batches_come_back_after_a_crash_from_the_journal() {
     assert_eq!((third.head, store.journal_frames_replayed()), (head, 0));
 }
 
+/// A journal whose first frame is not the one after the database's last (a
+/// `.redb` restored from an older copy beside a newer journal) is refused at
+/// open, naming both frames: replaying it would skip the batches in between.
+#[test]
+fn a_journal_that_skips_frames_past_the_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.redb");
+    let (store, rec) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> = (0..30).map(|i| EventKey::new(h, "t", i.to_string())).collect();
+    let mut head = rec.head;
+    append(&store, &mut head, &keys[..10]).unwrap();
+    store.checkpoint().unwrap();
+    let old_copy = dir.path().join("old.redb");
+    std::fs::copy(&path, &old_copy).unwrap();
+    append(&store, &mut head, &keys[10..20]).unwrap();
+    store.checkpoint().unwrap();
+    append(&store, &mut head, &keys[20..]).unwrap();
+    assert_eq!(head.journal_frame, 3, "frame 3 is the journal's first after the last checkpoint");
+
+    let restored = dir.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    let restored_db = restored.join("db.redb");
+    std::fs::copy(&old_copy, &restored_db).unwrap();
+    std::fs::copy(config(&path, 0).journal_path(), config(&restored_db, 0).journal_path()).unwrap();
+    drop(store);
+    match Store::open(config(&restored_db, DEFAULT_MERGE_THRESHOLD)) {
+        Err(OpenError::JournalGap { frame: 3, expected: 2 }) => {}
+        Err(other) => panic!("expected JournalGap {{ frame: 3, expected: 2 }}, got {other}"),
+        Ok(_) => panic!("a journal that skips frame 2 was replayed"),
+    }
+}
+
 /// A batch past the journal's frame limit is committed with fsync, which also
 /// covers what the journal held: it starts over.
 #[test]

@@ -4,8 +4,9 @@
 //! this work never runs on the async executor.
 //!
 //! Each round it drains up to `max_batch_events` into one batch, writes the batch
-//! in ONE transaction, commits (a small batch: redb without fsync while its
-//! journal frame is synced on a second thread; see `store`), and only then hands the batch to the `settler`
+//! in ONE transaction, commits (a batch of up to 16 MiB: its journal frame
+//! synced and redb committed without fsync, the two at once from 256 KiB on,
+//! the sync on a scoped thread; see `store`), and only then hands the batch to the `settler`
 //! thread, which sets the filter bits and releases the acks (group commit). After
 //! `CHECKPOINT_WHEN_IDLE_FOR` without a batch, and before it exits, it makes the
 //! journaled batches durable in redb (a checkpoint).
