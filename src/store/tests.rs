@@ -21,6 +21,25 @@ fn record_bytes(key: &EventKey) -> Vec<u8> {
     })
 }
 
+/// A store opened at `path` (default merge threshold), its head, and `n` keys of topic `t`.
+fn open_with_keys(path: &Path, n: usize) -> (Store, Head, Vec<EventKey>) {
+    let (store, rec) = Store::open(config(path, DEFAULT_MERGE_THRESHOLD)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys = (0..n).map(|i| EventKey::new(h, "t", i.to_string())).collect();
+    (store, rec.head, keys)
+}
+
+/// What a crash would leave, in `dir/name`: the database file `db` and the
+/// journal of the store at `live`, copied as they are now. Returns the copy's path.
+fn copy_as_crashed(dir: &Path, name: &str, db: &Path, live: &Path) -> std::path::PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir(&to).unwrap();
+    let to_db = to.join("db.redb");
+    std::fs::copy(db, &to_db).unwrap();
+    std::fs::copy(config(live, 0).journal_path(), config(&to_db, 0).journal_path()).unwrap();
+    to_db
+}
+
 fn append(store: &Store, head: &mut Head, keys: &[EventKey]) -> Result<(), WriteError> {
     let bytes: Vec<_> = keys.iter().map(record_bytes).collect();
     let rows = keys.iter().zip(&bytes).map(|(key, b)| Row::new(key, b));
@@ -211,11 +230,7 @@ fn journaled_batches_come_back_after_a_crash_from_the_journal() {
     assert_eq!(head.journal_frame, 5);
     assert!(store.journal_bytes() > 0, "small batches went to the journal");
 
-    let crashed = dir.path().join("crashed");
-    std::fs::create_dir(&crashed).unwrap();
-    let crashed_db = crashed.join("db.redb");
-    std::fs::copy(&path, &crashed_db).unwrap();
-    std::fs::copy(config(&path, 0).journal_path(), config(&crashed_db, 0).journal_path()).unwrap();
+    let crashed_db = copy_as_crashed(dir.path(), "crashed", &path, &path);
     drop(store);
 
     let (store, again) = Store::open(config(&crashed_db, DEFAULT_MERGE_THRESHOLD)).unwrap();
@@ -238,10 +253,7 @@ fn journaled_batches_come_back_after_a_crash_from_the_journal() {
 fn a_journal_that_skips_frames_past_the_database_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.redb");
-    let (store, rec) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
-    let h = KeyHasher::new(rec.key_hash_seed);
-    let keys: Vec<_> = (0..30).map(|i| EventKey::new(h, "t", i.to_string())).collect();
-    let mut head = rec.head;
+    let (store, mut head, keys) = open_with_keys(&path, 30);
     append(&store, &mut head, &keys[..10]).unwrap();
     store.checkpoint().unwrap();
     let old_copy = dir.path().join("old.redb");
@@ -251,11 +263,7 @@ fn a_journal_that_skips_frames_past_the_database_is_refused() {
     append(&store, &mut head, &keys[20..]).unwrap();
     assert_eq!(head.journal_frame, 3, "frame 3 is the journal's first after the last checkpoint");
 
-    let restored = dir.path().join("restored");
-    std::fs::create_dir(&restored).unwrap();
-    let restored_db = restored.join("db.redb");
-    std::fs::copy(&old_copy, &restored_db).unwrap();
-    std::fs::copy(config(&path, 0).journal_path(), config(&restored_db, 0).journal_path()).unwrap();
+    let restored_db = copy_as_crashed(dir.path(), "restored", &old_copy, &path);
     drop(store);
     match Store::open(config(&restored_db, DEFAULT_MERGE_THRESHOLD)) {
         Err(OpenError::JournalGap { frame: 3, expected: 2 }) => {}
@@ -289,10 +297,7 @@ fn a_version_3_file_is_upgraded_and_an_unknown_version_refused() {
     use redb::ReadableDatabase;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db.redb");
-    let (store, rec) = Store::open(config(&path, DEFAULT_MERGE_THRESHOLD)).unwrap();
-    let h = KeyHasher::new(rec.key_hash_seed);
-    let keys: Vec<_> = (0..20).map(|i| EventKey::new(h, "t", i.to_string())).collect();
-    let mut head = rec.head;
+    let (store, mut head, keys) = open_with_keys(&path, 20);
     append(&store, &mut head, &keys).unwrap();
     drop(store);
     let set_version = |version: u64| {
