@@ -53,10 +53,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
     }
 }
 
-/// A JSON array of items. The `Vec` is sized from the text's length up front
-/// (an event takes at least ~30 bytes; at most `max_items + 1` slots, one past
-/// the batch limit so that an oversized batch is still counted): serde's own
-/// `Vec` starts empty and doubles, ~10 copies and fresh pages for 1000 items.
+/// A JSON array of items. The `Vec` is sized from the text's length up front:
+/// one slot per 128 bytes (events of the usual shape take 150–300; smaller
+/// ones grow it as before), at most `max_items + 1` (one past the batch limit,
+/// which `decode` then refuses by count). serde's own `Vec` starts empty and
+/// doubles: ~10 copies, and fresh pages, for 1000 items.
 pub(super) fn parse_array(text: &[u8], max_items: usize) -> serde_json::Result<Vec<WireItem<'_>>> {
     let mut de = serde_json::Deserializer::from_slice(text);
     let capacity = (text.len() / 128).min(max_items.saturating_add(1));
