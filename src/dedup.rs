@@ -338,6 +338,18 @@ mod tests {
         assert!(matches!(d.claim(&key("1"), &a), Claim::InFlightTwin(_)));
     }
 
+    /// Coverage across the settler's lock chunks: every key of a batch larger
+    /// than `FILTER_SET_CHUNK` is in the filter, and counted once.
+    #[test]
+    fn a_batch_past_one_filter_chunk_is_wholly_in_the_filter() {
+        let d = dedup(10);
+        let keys: Vec<EventKey> = (0..3 * FILTER_SET_CHUNK + 7).map(|i| key(&i.to_string())).collect();
+        d.add_to_filter(keys.iter());
+        let refs: Vec<&EventKey> = keys.iter().collect();
+        assert!(d.maybe_stored(&refs).into_iter().all(|maybe| maybe), "no key of any chunk missed");
+        assert_eq!(d.filter_items(), keys.len() as u64);
+    }
+
     #[test]
     fn stored_keys_are_in_the_filter_and_decided_in_memory() {
         let d = dedup(10);
