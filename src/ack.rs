@@ -18,7 +18,7 @@ use tokio::sync::watch;
 /// How far a request has got. Ordered: a final state never goes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    /// Keys claimed in the recent map; not yet in the queue.
+    /// Keys claimed in the in-flight map; not yet in the queue.
     Claimed,
     /// In the ring buffer (or already being written).
     Queued,

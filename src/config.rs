@@ -69,8 +69,8 @@ pub struct Config {
     #[arg(long, env = "BLOOM_FP_RATE", default_value_t = 0.01)]
     pub bloom_fp_rate: f64,
 
-    /// Most committed keys kept in the recent-key map (duplicates of these are
-    /// decided without any disk access).
+    /// About how many committed keys the window of recent keys keeps
+    /// (duplicates of these are decided without any disk access; ~65 B a key).
     #[arg(long, env = "RECENT_KEYS_CAPACITY", default_value_t = 1_000_000)]
     pub recent_keys_capacity: usize,
 

@@ -33,8 +33,9 @@ pub struct Event {
 
 /// The dedup key `(topic, event_id)`, compared by exact bytes, with its 64-bit hash
 /// precomputed once. Both parts live in ONE shared allocation (`topic` then
-/// `event_id`), so cloning is a reference-count bump: the recent map, the queue
-/// and the settler's eviction order all share it.
+/// `event_id`), so cloning is a reference-count bump: the in-flight map, the
+/// request's claims and its queued records all share it. (The window of stored
+/// keys copies the bytes into its arena instead.)
 #[derive(Clone)]
 pub struct EventKey {
     hash: u64,
@@ -53,6 +54,12 @@ impl EventKey {
         text.push_str(event_id);
         EventKey { hash, split, text: text.into() }
     }
+    /// A key with a chosen hash: two different keys with one hash, to test
+    /// that lookups compare bytes.
+    #[cfg(test)]
+    pub fn with_hash_for_tests(hash: u64, topic: &str, event_id: &str) -> Self {
+        EventKey { hash, ..EventKey::new(KeyHasher::new(0), topic, event_id) }
+    }
     /// The seeded hash: what the Bloom filter and the on-disk index are keyed by.
     pub fn hash(&self) -> u64 {
         self.hash
@@ -66,7 +73,7 @@ impl EventKey {
 }
 
 impl PartialEq for EventKey {
-    /// Clones of one key (the common case in the recent map) compare without
+    /// Clones of one key (the common case in the in-flight map) compare without
     /// reading the text.
     fn eq(&self, other: &Self) -> bool {
         self.hash == other.hash
@@ -110,7 +117,7 @@ impl KeyHasher {
     }
 }
 
-/// A `Hasher` that passes the precomputed key hash through (for the recent map).
+/// A `Hasher` that passes the precomputed key hash through (for the in-flight map).
 #[derive(Default)]
 pub struct PassThroughHasher(u64);
 

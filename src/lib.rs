@@ -15,12 +15,12 @@
 //! # Data path
 //! ```text
 //! POST /publish ─▶ http::publish ─▶ decode (shape, limits, rules; all or nothing)
-//!               ─▶ ingest: claim keys in dedup (DashMap) ─▶ Bloom filter
+//!               ─▶ ingest: window of stored keys, claim in dedup (DashMap) ─▶ Bloom filter
 //!                          └─ filter hit ─▶ exact check in store (blocking thread)
 //!               ─▶ queue (bounded ArrayQueue, one item per request)
 //!               ─▶ writer thread: one transaction per batch; a small one is made
 //!                  durable by a journal frame, its redb commit skips the fsync
-//!               ─▶ settler thread: filter bits, keys Stored, acks, eviction
+//!               ─▶ settler thread: filter bits, keys into the window, acks
 //! GET /events   ─▶ http::events ─▶ store::read_page (read transaction, MVCC)
 //! ```
 //! See `docs/design.md` for the invariants and where each one lives.
@@ -31,7 +31,7 @@
 //! - `http`: router, guard, one file per endpoint with its wire types, `ApiError`.
 //! - `decode`: bodies to validated events (content, wire shapes, rules);
 //!   `event`: the model and its rules.
-//! - `dedup`: recent-key map and Bloom filter; `ack`: per-request tickets, ack modes.
+//! - `dedup`: keys in flight, the window of stored keys, Bloom filter; `ack`: per-request tickets, ack modes.
 //! - `ingest`: the publish path; `queue`: the ring buffer; `writer`: group
 //!   commit; `settler`: filter bits, acks and eviction after each commit.
 //! - `store`: redb tables, codec, open/write/read; `stats`: the figures, as

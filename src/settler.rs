@@ -4,10 +4,10 @@
 //! For each [`CommittedBatch`], in this order:
 //! 1. set the filter bits of the batch's new keys (dedup "coverage");
 //! 2. count the batch (`Stats::batch_committed`, the commit histograms);
-//! 3. mark every claimed key `Stored`, then each ticket `Stored`: the acks;
+//! 3. move every claimed key from in flight to the window of stored keys (which
+//!    evicts its oldest past its capacity), then mark each ticket `Stored`: the acks;
 //! 4. give the items' budget back to the queue;
-//! 5. evict the oldest stored keys past the recent map's capacity;
-//! 6. wake the writer: items held for a twin of this batch may go ahead.
+//! 5. wake the writer: items held for a twin of this batch may go ahead.
 //!
 //! Step 1 comes before step 3, so a duplicate decided in memory, or by the
 //! filter, is never missed once any client can see its 200.
@@ -16,14 +16,12 @@
 //! The writer drops its sender when it exits, which ends this thread after the
 //! last batch; the shutdown sequence joins it right after the writer.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use crossbeam::channel::{Receiver, Sender};
 
 use crate::dedup::Deduper;
-use crate::event::EventKey;
 use crate::metrics::Metrics;
 use crate::queue::{IngestQueue, QueuedRequest};
 use crate::stats::{BatchCommitted, Stats};
@@ -42,9 +40,6 @@ pub struct Settler {
     queue: Arc<IngestQueue>,
     stats: Arc<Stats>,
     metrics: Arc<Metrics>,
-    /// Stored keys, oldest first, for recent-map eviction. Only this settler
-    /// (thread, or the writer's fallback copy) pushes and pops.
-    eviction_order: VecDeque<EventKey>,
 }
 
 impl Settler {
@@ -54,7 +49,7 @@ impl Settler {
         stats: Arc<Stats>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Settler { dedup, queue, stats, metrics, eviction_order: VecDeque::new() }
+        Settler { dedup, queue, stats, metrics }
     }
 
     /// Start the settler thread; the caller hands the sender to the writer.
@@ -64,7 +59,7 @@ impl Settler {
         Ok((tx, handle))
     }
 
-    fn run(mut self, rx: Receiver<CommittedBatch>) {
+    fn run(self, rx: Receiver<CommittedBatch>) {
         for batch in rx {
             self.settle(batch);
         }
@@ -72,7 +67,7 @@ impl Settler {
 
     /// The steps of the module doc for one batch. Also the writer's fallback, on
     /// its own thread, should the settler thread be gone.
-    pub fn settle(&mut self, batch: CommittedBatch) {
+    pub fn settle(&self, batch: CommittedBatch) {
         let CommittedBatch { items, figures } = batch;
         self.dedup.add_to_filter(items.iter().flat_map(|p| p.records.iter().map(|r| &r.key)));
         self.stats.batch_committed(&figures);
@@ -80,10 +75,9 @@ impl Settler {
         let mut released = 0;
         for item in items {
             released += item.cost();
-            self.eviction_order.extend(item.claims.mark_stored());
+            item.claims.mark_stored();
         }
         self.queue.release(released);
-        self.dedup.evict(&mut self.eviction_order);
         self.queue.wake_writer();
     }
 }
@@ -93,7 +87,7 @@ mod tests {
     use super::*;
     use crate::ack::{AckMode, Progress, Ticket};
     use crate::dedup::{Claim, ClaimSet, DedupConfig};
-    use crate::event::KeyHasher;
+    use crate::event::{EventKey, KeyHasher};
     use crate::queue::{NewRecord, WhenFull};
 
     struct Rig {
@@ -139,7 +133,7 @@ mod tests {
 
     #[test]
     fn settling_acks_every_request_after_its_keys_are_known() {
-        let mut rig = rig(100);
+        let rig = rig(100);
         let (a, b) = (Ticket::new(), Ticket::new());
         let items = vec![queued(&rig, &a, &["1", "2"]), queued(&rig, &b, &["3"])];
         assert_eq!(rig.queue.in_flight(), 5, "3 events + 2 items");
@@ -153,7 +147,7 @@ mod tests {
 
     #[test]
     fn settling_evicts_the_oldest_stored_keys_past_capacity() {
-        let mut rig = rig(2);
+        let rig = rig(2);
         for (n, id) in ["1", "2", "3"].into_iter().enumerate() {
             let t = Ticket::new();
             let item = queued(&rig, &t, &[id]);

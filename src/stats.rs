@@ -36,7 +36,7 @@ pub struct Gauge<T = u64>(pub T);
 /// One request's dedup decisions (the handler, once every key is decided).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DedupTally {
-    /// Duplicates decided by the recent map (repeats inside the request included).
+    /// Duplicates decided in memory: by the window, the in-flight map or inside the request.
     pub in_memory: u64,
     /// Of those, duplicates of a key another request still had in flight.
     pub in_flight_twins: u64,
@@ -101,9 +101,13 @@ pub struct WriterStats {
 /// The dedup state's figures, in `/stats` as `dedup`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DedupStats {
-    /// Keys in the recent-key map.
+    /// Keys in memory: in flight, and in the window of recently stored keys.
     #[schema(value_type = u64)]
     pub recent_keys: Gauge,
+    /// Heap bytes of the window of recently stored keys (its slot tables and
+    /// key records; `recent_window_bytes / recent_keys` is the cost of a key).
+    #[schema(value_type = u64)]
+    pub recent_window_bytes: Gauge,
     /// Duplicates decided in memory, since start.
     #[schema(value_type = u64)]
     pub duplicates_in_memory: Counter,
@@ -299,6 +303,7 @@ impl Stats {
     pub fn dedup(&self, dedup: &crate::dedup::Deduper) -> DedupStats {
         DedupStats {
             recent_keys: Gauge(dedup.recent_len() as u64),
+            recent_window_bytes: Gauge(dedup.window_bytes() as u64),
             duplicates_in_memory: Counter(self.duplicates_in_memory.load(Relaxed)),
             duplicates_of_in_flight: Counter(self.duplicates_of_in_flight.load(Relaxed)),
             duplicates_on_disk: Counter(self.duplicates_on_disk.load(Relaxed)),

@@ -1,21 +1,29 @@
-//! The in-memory dedup state: a sharded map of recent keys and a Bloom filter of
-//! every stored key. Sync, no `.await`: callers never hold a map guard across one.
+//! The in-memory dedup state: the keys in flight (a sharded `DashMap`), the
+//! window of recently stored keys (`window`, compact and exact), and a Bloom
+//! filter of every stored key. Sync, no `.await`: callers never hold a guard
+//! across one.
 //!
 //! Invariants (collected in docs/design.md):
-//! - **Claim.** A key enters `recent` only through [`Deduper::claim`], atomically
-//!   (entry API): of two concurrent requests with one key, exactly one claims it.
-//! - **Coverage.** Every key on disk is in the filter, or in `recent`, or both. The
-//!   settler sets filter bits after the writer's commit and before it marks keys
-//!   `Stored`.
-//! - **Eviction.** A key leaves `recent` only when its claim is released (nothing
-//!   of its request was stored) or, once `Stored`, by oldest-first eviction.
-//!   So an in-flight key is never forgotten, and an evicted key is still in the filter.
+//! - **Claim.** A key enters `in_flight` only through [`Deduper::claim`],
+//!   atomically (entry API), and only while it is in neither `in_flight` nor the
+//!   window: of two concurrent requests with one key, exactly one claims it.
+//! - **Coverage.** Every key on disk is in the filter, or in the window or
+//!   `in_flight`, or both. The settler sets filter bits after the writer's commit
+//!   and before it stores keys in the window.
+//! - **Handover.** The settler puts a key in the window before it takes it out of
+//!   `in_flight`, and a claim checks the window while it holds the key's
+//!   `in_flight` entry: no claim can find the key in neither.
+//! - **Eviction.** A key leaves `in_flight` only when its claim is released
+//!   (nothing of its request was stored) or once it is in the window; it leaves
+//!   the window by oldest-first eviction. So an in-flight key is never forgotten,
+//!   and an evicted key is still in the filter.
 //! - **Who changes what.** Handlers claim and release (through `ClaimSet`); only
-//!   the settler thread sets filter bits, marks keys `Stored` and evicts (the
+//!   the settler thread sets filter bits and stores keys in the window (the
 //!   writer does it on its own thread only if the settler is gone); the startup
 //!   rebuild runs before either thread starts.
 
-use std::collections::VecDeque;
+mod window;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -25,23 +33,15 @@ use dashmap::mapref::entry::Entry;
 
 use crate::ack::{FailReason, Progress, Ticket};
 use crate::event::{BuildKeyHasher, EventKey};
+use window::Window;
 
-/// Shards of the recent map. dashmap's default is four per core (8 here): the
-/// settler's marks and evictions (one shard lock per key) then met the
-/// handlers' claims on the same few locks, and both spun and parked there.
-const RECENT_SHARDS: usize = 256;
+/// Shards of the in-flight map. dashmap's default is four per core (8 here):
+/// the settler's handovers (one shard lock per key) then met the handlers'
+/// claims on the same few locks, and both spun and parked there.
+const IN_FLIGHT_SHARDS: usize = 256;
 
 /// Keys whose filter bits the settler sets under one write lock.
 const FILTER_SET_CHUNK: usize = 256;
-
-/// What the recent map holds for a key.
-#[derive(Debug, Clone)]
-pub enum Slot {
-    /// Claimed by the request owning this ticket; its outcome is not known yet.
-    InFlight(Arc<Ticket>),
-    /// Durable on disk, and in the filter.
-    Stored,
-}
 
 /// The answer of [`Deduper::claim`] for one key.
 #[derive(Debug)]
@@ -60,7 +60,7 @@ pub enum Claim {
 /// Sizes of the dedup state.
 #[derive(Debug, Clone, Copy)]
 pub struct DedupConfig {
-    /// Most keys kept in the recent map (in-flight keys may exceed it briefly).
+    /// About how many stored keys the window keeps (keys in flight come on top).
     pub recent_capacity: usize,
     /// Keys the Bloom filter is sized for.
     pub filter_capacity: usize,
@@ -69,7 +69,10 @@ pub struct DedupConfig {
 }
 
 pub struct Deduper {
-    recent: DashMap<EventKey, Slot, BuildKeyHasher>,
+    /// Keys claimed by a request whose outcome is not known yet, with its ticket.
+    in_flight: DashMap<EventKey, Arc<Ticket>, BuildKeyHasher>,
+    /// Stored keys, the newest `recent_capacity` or so: durable and in the filter.
+    window: Window,
     /// Hashes of every stored key. Readers: request handlers. Writers: the startup
     /// rebuild, then the settler (or the writer's fallback copy of it) only.
     filter: RwLock<Bloom<u64>>,
@@ -93,7 +96,8 @@ impl Deduper {
 
     fn with_filter(config: DedupConfig, filter: Bloom<u64>, items: u64, from_snapshot: bool) -> Self {
         Deduper {
-            recent: DashMap::with_hasher_and_shard_amount(BuildKeyHasher::default(), RECENT_SHARDS),
+            in_flight: DashMap::with_hasher_and_shard_amount(BuildKeyHasher::default(), IN_FLIGHT_SHARDS),
+            window: Window::new(config.recent_capacity),
             filter: RwLock::new(filter),
             filter_items: AtomicU64::new(items),
             from_snapshot,
@@ -141,17 +145,21 @@ impl Deduper {
     }
 
     /// Handlers: atomically claim `key` for the request holding `ticket`.
+    /// A key found in the window is stored, whatever else happens (the fast
+    /// path of a replay); a miss is checked again under the key's entry, which
+    /// the settler's handover needs (module doc, "Handover").
     pub fn claim(&self, key: &EventKey, ticket: &Arc<Ticket>) -> Claim {
-        match self.recent.entry(key.clone()) {
+        if self.window.contains(key) {
+            return Claim::Stored;
+        }
+        match self.in_flight.entry(key.clone()) {
+            Entry::Vacant(_) if self.window.contains(key) => Claim::Stored,
             Entry::Vacant(v) => {
-                v.insert(Slot::InFlight(ticket.clone()));
+                v.insert(ticket.clone());
                 Claim::Won
             }
-            Entry::Occupied(o) => match o.get() {
-                Slot::Stored => Claim::Stored,
-                Slot::InFlight(t) if Arc::ptr_eq(t, ticket) => Claim::SameRequest,
-                Slot::InFlight(t) => Claim::InFlightTwin(t.clone()),
-            },
+            Entry::Occupied(o) if Arc::ptr_eq(o.get(), ticket) => Claim::SameRequest,
+            Entry::Occupied(o) => Claim::InFlightTwin(o.get().clone()),
         }
     }
 
@@ -164,7 +172,7 @@ impl Deduper {
     /// `ClaimSet` drop only: undo a claim whose request stored nothing. Only removes
     /// the slot if it is still this ticket's, so a later claimant is never disturbed.
     fn release(&self, key: &EventKey, ticket: &Arc<Ticket>) {
-        self.recent.remove_if(key, |_, slot| matches!(slot, Slot::InFlight(t) if Arc::ptr_eq(t, ticket)));
+        self.in_flight.remove_if(key, |_, owner| Arc::ptr_eq(owner, ticket));
     }
 
     /// Settler only, after the writer's commit returned: filter bits for the newly
@@ -172,8 +180,8 @@ impl Deduper {
     /// taken for [`FILTER_SET_CHUNK`] keys at a time, so handlers' checks wait
     /// for one chunk, never for a whole batch (a 20k-event batch holds it for
     /// ~8 ms in all). Checks between chunks are still exact: none of these keys
-    /// is `Stored` yet, so a handler meets it in `recent` as in flight and never
-    /// asks the filter about it.
+    /// is in the window yet, so a handler meets it in `in_flight` and never asks
+    /// the filter about it.
     pub fn add_to_filter<'a>(&self, new_keys: impl Iterator<Item = &'a EventKey>) {
         let mut keys = new_keys.peekable();
         while keys.peek().is_some() {
@@ -189,28 +197,20 @@ impl Deduper {
     }
 
     /// Settler only (through [`ClaimSet::mark_stored`]), after [`Self::add_to_filter`]:
-    /// the key is durable.
-    fn mark_stored(&self, key: &EventKey) {
-        if let Some(mut slot) = self.recent.get_mut(key) {
-            *slot = Slot::Stored;
-        }
+    /// the key, claimed by `ticket`, is durable. The window takes it first, then
+    /// `in_flight` lets go of it (the handover); the window evicts its oldest.
+    fn mark_stored(&self, key: &EventKey, ticket: &Arc<Ticket>) {
+        self.window.insert(key);
+        self.release(key, ticket);
     }
 
-    /// Settler only, after each batch: forget stored keys, oldest first, until the
-    /// map is within its capacity. `order` holds keys in commit order; in-flight
-    /// keys are skipped by `remove_if` and simply left in the map.
-    pub fn evict(&self, order: &mut VecDeque<EventKey>) {
-        let mut excess = self.recent.len().saturating_sub(self.config.recent_capacity);
-        while excess > 0 {
-            let Some(key) = order.pop_front() else { break };
-            if self.recent.remove_if(&key, |_, s| matches!(s, Slot::Stored)).is_some() {
-                excess -= 1;
-            }
-        }
-    }
-
+    /// Keys in flight plus keys in the window.
     pub fn recent_len(&self) -> usize {
-        self.recent.len()
+        self.in_flight.len() + self.window.len()
+    }
+    /// Heap bytes of the window (keys in flight not included).
+    pub fn window_bytes(&self) -> usize {
+        self.window.heap_bytes()
     }
     pub fn filter_items(&self) -> u64 {
         self.filter_items.load(Ordering::Relaxed)
@@ -260,16 +260,14 @@ impl ClaimSet {
         &self.keys
     }
 
-    /// Settler only, after the commit and [`Deduper::add_to_filter`]: the keys become
-    /// `Stored`, then the ticket `Stored` (the ack). Returns the keys for the
-    /// eviction order.
-    pub fn mark_stored(mut self) -> Vec<EventKey> {
+    /// Settler only, after the commit and [`Deduper::add_to_filter`]: the keys go
+    /// to the window, then the ticket becomes `Stored` (the ack).
+    pub fn mark_stored(mut self) {
         for key in &self.keys {
-            self.dedup.mark_stored(key);
+            self.dedup.mark_stored(key, &self.ticket);
         }
         self.ticket.advance(Progress::Stored);
         self.settled = true;
-        std::mem::take(&mut self.keys)
     }
 
     /// Writer or queue (a refused push): release every claim and fail the ticket
@@ -405,22 +403,51 @@ mod tests {
         let d = dedup(2);
         let in_flight = Ticket::new();
         d.claim(&key("p"), &in_flight);
-        // The in-flight key comes first in the order, so the guard is what keeps it.
-        let mut order = VecDeque::from([key("p")]);
         for id in ["1", "2", "3"] {
             let t = Ticket::new();
             let mut set = ClaimSet::new(d.clone(), t.clone());
             d.claim(&key(id), &t);
             set.push(key(id));
             d.add_to_filter(set.keys().iter());
-            order.extend(set.mark_stored());
+            set.mark_stored();
         }
-        d.evict(&mut order);
-        assert_eq!(d.recent_len(), 2, "p (in flight) and 3 (newest stored) stay");
+        assert_eq!(d.recent_len(), 3, "p (in flight) and the 2 newest stored stay");
         assert!(matches!(d.claim(&key("p"), &Ticket::new()), Claim::InFlightTwin(_)));
+        assert!(matches!(d.claim(&key("2"), &Ticket::new()), Claim::Stored));
         assert!(matches!(d.claim(&key("3"), &Ticket::new()), Claim::Stored));
         // Evicted keys are still known to the filter, so they go to the disk check.
         assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won));
         assert_eq!(d.maybe_stored(&[&key("1")]), vec![true]);
+    }
+
+    /// Handover: a key moves from in flight to the window in the settler, and
+    /// a claim racing it never finds it in neither (it would be stored twice).
+    #[test]
+    fn a_claim_racing_the_handover_never_wins_a_stored_key() {
+        let d = dedup(1 << 20);
+        let keys: Vec<EventKey> = (0..20_000).map(|i| key(&i.to_string())).collect();
+        let sets: Vec<ClaimSet> = keys
+            .iter()
+            .map(|k| {
+                let t = Ticket::new();
+                assert!(matches!(d.claim(k, &t), Claim::Won));
+                let mut set = ClaimSet::new(d.clone(), t);
+                set.push(k.clone());
+                set
+            })
+            .collect();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for set in sets {
+                    d.add_to_filter(set.keys().iter());
+                    set.mark_stored();
+                }
+            });
+            for k in keys.iter().cycle().take(200_000) {
+                let claim = d.claim(k, &Ticket::new());
+                assert!(!matches!(claim, Claim::Won), "{k:?} claimed while being stored");
+            }
+        });
+        assert!(keys.iter().all(|k| matches!(d.claim(k, &Ticket::new()), Claim::Stored)));
     }
 }
