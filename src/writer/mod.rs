@@ -95,7 +95,7 @@ pub struct Writer {
     settle_tx: Sender<CommittedBatch>,
     /// Settles on this thread, only should the settler thread be gone.
     fallback: Settler,
-    /// When the last batch was appended: an idle writer checkpoints the journal.
+    /// When the last batch's append returned: an idle writer checkpoints the journal.
     last_write: Instant,
 }
 
@@ -289,9 +289,13 @@ impl Writer {
         let rows = items.iter().flat_map(|p| p.records.iter()).map(|r| Row::new(&r.key, &r.bytes));
         let duplicates: u64 = items.iter().map(|p| p.duplicates).sum();
         let started = Instant::now();
-        self.last_write = started;
         let before = self.head;
-        match self.store.append(&mut self.head, rows, duplicates) {
+        let appended = self.store.append(&mut self.head, rows, duplicates);
+        // Idle time counts from the end of the last batch: counted from its
+        // start, a batch that took longer than CHECKPOINT_WHEN_IDLE_FOR made
+        // the next empty poll checkpoint in the middle of a load.
+        self.last_write = Instant::now();
+        match appended {
             Ok(()) => {
                 self.stats.commit_succeeded();
                 self.hand_to_settler(items, before, started);
