@@ -48,10 +48,10 @@ pub struct Window {
 
 impl Window {
     /// A window of about `capacity` keys (exactly `capacity` up to
-    /// `KEYS_PER_SHARD`).
+    /// `KEYS_PER_SHARD`; none at 0: every insert is evicted at once).
     pub fn new(capacity: usize) -> Self {
         let shards = capacity.div_ceil(KEYS_PER_SHARD).clamp(1, MAX_SHARDS);
-        let shard_capacity = capacity.div_ceil(shards).max(1);
+        let shard_capacity = capacity.div_ceil(shards);
         Window {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             shard_capacity,
@@ -99,8 +99,9 @@ impl Window {
 }
 
 fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
-    // A panic inside a shard's few lines leaves its table and arena
-    // consistent: every step that can fail comes before the state changes.
+    // Nothing under a shard's lock panics short of a bug; should it, the
+    // shard stays usable: a slot only ever names a record of its own arena,
+    // and an arena record without a slot is skipped when it is evicted.
     shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -237,6 +238,14 @@ mod tests {
         assert!(!window.contains(&key("a", "bc")), "another split of the same text");
         assert!(!window.contains(&key("ab", "d")));
         assert_eq!(window.len(), 1);
+    }
+
+    #[test]
+    fn a_window_of_capacity_zero_keeps_nothing() {
+        let window = Window::new(0);
+        window.insert(&key("t", "1"));
+        assert!(!window.contains(&key("t", "1")));
+        assert_eq!(window.len(), 0);
     }
 
     /// Regression guard for exactness: two different keys with one hash (forced
