@@ -33,7 +33,7 @@
 //!   `event`: the model and its rules.
 //! - `dedup`: keys in flight, the window of stored keys, Bloom filter; `ack`: per-request tickets, ack modes.
 //! - `ingest`: the publish path; `queue`: the ring buffer; `writer`: group
-//!   commit; `settler`: filter bits, acks and eviction after each commit.
+//!   commit; `settler`: filter bits, the window's inserts and acks after each commit.
 //! - `store`: redb tables, codec, open/write/read; `stats`: the figures, as
 //!   events; `metrics`: `/metrics` and its histograms.
 

@@ -19,7 +19,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hashbrown::HashTable;
 
@@ -43,7 +42,6 @@ pub struct Window {
     shards: Box<[Mutex<Shard>]>,
     /// Most keys one shard keeps.
     shard_capacity: usize,
-    len: AtomicUsize,
 }
 
 impl Window {
@@ -52,11 +50,7 @@ impl Window {
     pub fn new(capacity: usize) -> Self {
         let shards = capacity.div_ceil(KEYS_PER_SHARD).clamp(1, MAX_SHARDS);
         let shard_capacity = capacity.div_ceil(shards);
-        Window {
-            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_capacity,
-            len: AtomicUsize::new(0),
-        }
+        Window { shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(), shard_capacity }
     }
 
     /// Whether `key` is one of the window's stored keys.
@@ -71,18 +65,14 @@ impl Window {
         let mut shard = self.shard(key.hash());
         debug_assert!(!shard.contains(key), "{key:?} inserted twice");
         shard.insert(key);
-        let mut evicted = 0;
         while shard.table.len() > self.shard_capacity {
             shard.evict_oldest();
-            evicted += 1;
         }
-        drop(shard);
-        self.len.fetch_add(1, Ordering::Relaxed);
-        self.len.fetch_sub(evicted, Ordering::Relaxed);
     }
 
+    /// Keys in the window (each shard locked in turn: for `/stats`, not the hot path).
     pub fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.shards.iter().map(|s| lock(s).table.len()).sum()
     }
 
     /// Heap bytes the window holds: slot tables and arena chunks.
