@@ -116,10 +116,14 @@ async fn duplicate_is_held_while_its_twin_is_still_in_its_disk_check() {
     app.faults().slow_reads(Duration::from_millis(1500));
     let req = app.client.post(app.url("/publish")).json(&event("twin", "k"));
     let first = tokio::spawn(async move { json_response(req.send().await.unwrap()).await });
+    // Its claim and filter probe take microseconds; its exact check then sits in
+    // its first slow read. The claim is confirmed once reads are fast again:
+    // `/stats` reads the topics from disk, and under 1.5 s reads one call took
+    // ~100 s, past any deadline (a flaky wait, seen in CI).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.faults().slow_reads(Duration::ZERO);
     let claimed = async || app.recent_keys().await == claimed_before + 1;
     assert!(eventually(Duration::from_secs(5), claimed).await);
-    tokio::time::sleep(Duration::from_millis(200)).await; // its check is now inside a slow read
-    app.faults().slow_reads(Duration::ZERO);
 
     let (status, body) = app.publish(&event("twin", "k")).await;
     assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(1)), "{body}");
