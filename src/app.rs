@@ -181,7 +181,7 @@ fn rebuild_filter(
     if let Some(saved) = saved {
         let covers = saved.covers_next_seq;
         // Exactly the stored keys (one per stored event). `recovered.stored_keys`
-        // counts a log merge's keys twice (the key log and the upper tree) while one is under way: at
+        // counts a log merge's keys twice (the key log and the upper run) while one is under way: at
         // 10M keys that once judged a fitting snapshot outgrown and rescanned (9 s).
         let stored_keys = recovered.head.unique;
         if let Some(dedup) = Deduper::from_snapshot(config.dedup(), stored_keys, saved.bytes, saved.items) {

@@ -110,7 +110,7 @@ pub struct Config {
     pub idle_timeout_ms: u64,
 
     /// New keys kept in the append-only key log (mirrored in memory, and reloaded
-    /// at start) before it is merged into the small sorted tree of the on-disk
+    /// at start) before it is merged into the small sorted run of the on-disk
     /// index (spread over 4 to 16 batches). Higher: cheaper writes, more memory
     /// (about 35 bytes a key) and a longer start.
     #[arg(long, env = "INDEX_MERGE_KEYS", default_value_t = 262_144)]

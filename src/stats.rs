@@ -83,7 +83,7 @@ pub struct WriterStats {
     /// `INDEX_MERGE_KEYS` plus what arrives while a merge runs.
     #[schema(value_type = u64)]
     pub key_log_pairs: Gauge,
-    /// Keys in the upper, small sorted tree of the on-disk index, not yet moved
+    /// Keys in the upper, small sorted run of the on-disk index, not yet moved
     /// into the lower one (on disk only; no memory per key).
     #[schema(value_type = u64)]
     pub upper_index_pairs: Gauge,

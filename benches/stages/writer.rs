@@ -11,7 +11,8 @@ use std::time::Duration;
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group};
 use event_aggregator::AckMode;
 use event_aggregator::internals::Ticket;
-use event_aggregator::internals::schema::{EVENTS, KEY_INDEX};
+use event_aggregator::internals::schema::EVENTS;
+use event_aggregator::internals::schema::legacy::KEY_INDEX;
 use event_aggregator::internals::{Claim, ClaimSet, DedupConfig, Deduper};
 use event_aggregator::internals::{EventKey, KeyHasher};
 use event_aggregator::internals::{

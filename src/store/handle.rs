@@ -28,7 +28,7 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// redb page cache, in bytes.
     pub cache_bytes: usize,
-    /// Merge the key log into the upper key tree once it holds this many pairs
+    /// Merge the key log into the upper key run once it holds this many pairs
     /// (see `index`): this bounds the key-log mirror's memory and the restart's reload.
     pub merge_threshold: usize,
     /// Batches whose journal frame is at most this many bytes are made durable by
@@ -158,12 +158,12 @@ impl Store {
         self.db.read().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
-    /// Committed pairs not yet merged into the upper key tree (the key-log mirror).
+    /// Committed pairs not yet merged into the upper key run (the key-log mirror).
     pub fn key_log_pairs(&self) -> usize {
         self.index.unmerged_len()
     }
 
-    /// Pairs in the upper key tree, not yet moved into the lower one.
+    /// Pairs in the upper key run, not yet moved into the lower one.
     pub fn upper_index_pairs(&self) -> u64 {
         self.index.upper_len()
     }

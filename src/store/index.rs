@@ -1,4 +1,4 @@
-//! The on-disk dedup index, kept cheap to write: a log and two sorted trees,
+//! The on-disk dedup index, kept cheap to write: a log and two sorted runs,
 //! each merged into the next in bulk (a small LSM tree on redb).
 //!
 //! - **The log.** Each batch writes its new `(key_hash, seq)` pairs as ONE row
@@ -6,51 +6,59 @@
 //!   ([`KeyIndex`]). The mirror is the only per-key memory of the index, and a
 //!   restart reloads it: both are bounded by `merge_threshold` pairs (plus what
 //!   arrives while a merge runs), not by the keys stored.
+//! - **The runs.** `KEY_RUN_UPPER` (small, recent) and `KEY_RUN_LOWER` (large)
+//!   each hold their pairs sorted, as blocks of ~1,000 packed pairs, one redb row
+//!   per block, cut at the 256 partitions of the hash space (`runs`). A merge
+//!   rewrites whole partitions: it reads their blocks, merges them with what
+//!   comes in as two sorted slices, and writes new blocks, so its cost per pair
+//!   is a copy, not a B-tree insert.
 //! - **Log merge.** Once the log holds `merge_threshold` pairs, the writer merges
-//!   a snapshot of it into the small sorted tree `KEY_INDEX_UPPER`, one slice of
-//!   the hash space per batch transaction (sorted inserts, so each leaf is
-//!   rewritten once per merge, not once per batch). The slices are sized at the
-//!   merge's start to carry about `SLICE_PAIRS` pairs each, but there are at most
-//!   16 (`MAX_SLICE_BITS`): batches keep adding pairs while a merge runs, so a
-//!   merge in few slices is what keeps the mirror near `merge_threshold` (at most
-//!   16 batches' pairs on top of it). The last slice deletes the snapshot's log
-//!   rows.
-//! - **Tree merge.** Once the upper tree holds `merge_threshold` pairs or a
-//!   quarter of the lower tree `KEY_INDEX`, if that is more (so each tree merge
-//!   rewrites the lower tree's leaves for at least N/4 new keys, bounding the
-//!   write amplification as the index grows), the writer moves it into
-//!   `KEY_INDEX` in hash order, a run of pairs per batch transaction: a
-//!   `TREE_SLICES`th of what the upper tree held at the start, and at least twice
-//!   what the same transaction's log slice adds, so the merge always finishes.
-//!   Both merges may run at once; a transaction carries a slice of each.
+//!   a snapshot of it into the upper run, one slice of the partitions per batch
+//!   transaction. The slices are sized at the merge's start to carry about
+//!   `SLICE_PAIRS` log pairs each, but there are at most 16 (`MAX_SLICE_BITS`):
+//!   batches keep adding pairs while a merge runs, so a merge in few slices is
+//!   what keeps the mirror near `merge_threshold` (at most 16 batches' pairs on
+//!   top of it). The last slice deletes the snapshot's log rows.
+//! - **Tree merge.** Once the upper run holds `merge_threshold` pairs or a
+//!   quarter of the lower run, if that is more (so each tree merge rewrites the
+//!   lower run for at least N/4 new keys, bounding the write amplification as the
+//!   index grows), the writer moves it into the lower run partition by
+//!   partition, in order: per batch transaction, whole partitions until it has
+//!   read about a `TREE_SLICES`th of both runs (at least one partition), so the
+//!   merge always finishes, in at most 256 transactions. Both merges may run at
+//!   once; a transaction carries a slice of each, the log slice first.
 //!
 //! Invariants:
 //! - **Findable.** A committed key's pair is in the in-memory log mirror or in one
-//!   of the two trees, in every snapshot a later reader sees: the mirror gains
+//!   of the two runs, in every snapshot a later reader sees: the mirror gains
 //!   pairs after their commit and loses them only after the commit that put them
-//!   in the upper tree, a pair moves from the upper tree to the lower one inside
-//!   one transaction, and a reader consults the mirror before it begins its read
-//!   transaction (and then both trees in it).
+//!   in the upper run, a partition moves from the upper run to the lower one
+//!   inside one transaction, and a reader consults the mirror before it begins its
+//!   read transaction (and then both runs in it).
 //! - **Idempotent merges.** A crash mid-merge leaves the log rows in place; they
-//!   are reloaded and merged again. Re-inserting a pair is a no-op, and a pair
-//!   found in both trees names the same record twice, which a lookup does not mind.
+//!   are reloaded and merged again. A merge writes each distinct pair once, so a
+//!   pair merged again is dropped; a pair found in both runs names the same
+//!   record twice, which a lookup does not mind.
+//! - **Counted.** Each transaction stores the runs' pair counts (`meta`) with the
+//!   blocks it wrote, so an open reads them instead of scanning.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::runs;
 use crate::event::BuildKeyHasher;
 
-/// The mirror is kept in this many maps, by the top 8 bits of the hash; a merge
-/// slice is a power-of-two run of them.
-const SHARDS: usize = 256;
+/// The mirror is kept in one map per partition of the runs (the top 8 bits of
+/// the hash); a merge slice is a power-of-two run of them.
+const SHARDS: usize = runs::PARTITIONS;
 /// Pairs a merge slice aims to carry (a log merge has at most 16 slices, so
 /// its slices grow past this with the log; a tree merge's are at least this).
 const SLICE_PAIRS: usize = 16_384;
 /// Slices of a log merge, as a power of two: at least 4, at most 16.
 const MIN_SLICE_BITS: u32 = 2;
 const MAX_SLICE_BITS: u32 = 4;
-/// A tree merge moves about this fraction of the upper tree per transaction.
+/// A tree merge reads about this fraction of both runs per transaction.
 const TREE_SLICES: u64 = 64;
 /// The mirror's maps are sized for this multiple of `merge_threshold` when the
 /// index is cleared, so that they rarely grow (and leave freed tables behind):
@@ -67,8 +75,7 @@ pub struct KeyIndex {
     log: RwLock<LogMirror>,
     merge: std::sync::Mutex<Option<Merge>>,
     tree_merge: std::sync::Mutex<Option<TreeMerge>>,
-    /// Pairs in `KEY_INDEX_UPPER` and `KEY_INDEX` (approximately: a pair merged
-    /// again after a crash counts twice until the next open reads the lengths).
+    /// Pairs in `KEY_RUN_UPPER` and `KEY_RUN_LOWER`, as last committed.
     upper: AtomicU64,
     lower: AtomicU64,
     /// Emptied pair buffers for the next batch or slice: they run to hundreds of
@@ -124,32 +131,36 @@ impl Merge {
     }
 }
 
-/// A tree merge in progress: the upper tree's pairs from `from` on (in key
-/// order) are still to move down.
+/// A tree merge in progress: the upper run's partitions from `from` on are
+/// still to move down.
 struct TreeMerge {
-    from: (u64, u64),
-    /// Pairs a slice moves at least.
+    from: usize,
+    /// Pairs (of both runs) a slice reads at least.
     slice_pairs: u64,
 }
 
-/// One slice of a tree merge, for one transaction: up to `max_pairs` of the
-/// upper tree's pairs from `from` on.
+/// One slice of a tree merge, for one transaction: partitions from `from` on,
+/// until `min_pairs` of both runs were read (at least one partition).
 pub struct TreeSlice {
-    pub from: (u64, u64),
-    pub max_pairs: u64,
+    pub from: usize,
+    pub min_pairs: u64,
 }
 
-/// What a tree slice moved: `pairs`, the last of them `last` (`None`: it
-/// reached the end of the upper tree, so the merge is done).
+/// What a tree slice did: partitions `from..to` moved (`to == PARTITIONS`: the
+/// merge is done), `upper_removed` pairs out of the upper run and
+/// `lower_added` new ones into the lower run.
 pub struct TreeMoved {
-    pub from: (u64, u64),
-    pub pairs: u64,
-    pub last: Option<(u64, u64)>,
+    pub from: usize,
+    pub to: usize,
+    pub upper_removed: u64,
+    pub lower_added: u64,
 }
 
 /// One slice of a log merge, for one transaction.
 pub struct Slice<'a> {
+    /// Sorted; all in `partitions`.
     pub pairs: &'a [(u64, u64)],
+    pub partitions: std::ops::Range<usize>,
     /// The last slice also deletes the snapshot's log rows.
     pub last: bool,
     pub snapshot_end_seq: u64,
@@ -157,7 +168,7 @@ pub struct Slice<'a> {
 }
 
 fn shard_of(hash: u64) -> usize {
-    (hash >> 56) as usize
+    runs::partition_of(hash)
 }
 
 /// Slice bits for a log merge of `pairs`: about `SLICE_PAIRS` a slice.
@@ -194,9 +205,14 @@ impl KeyIndex {
         }
     }
 
-    /// Pairs in the upper tree.
+    /// Pairs in the upper run.
     pub fn upper_len(&self) -> u64 {
         self.upper.load(Relaxed)
+    }
+
+    /// Pairs in the lower run.
+    pub fn lower_len(&self) -> u64 {
+        self.lower.load(Relaxed)
     }
 
     /// Pairs of committed keys (startup reload and after each commit).
@@ -227,7 +243,7 @@ impl KeyIndex {
     }
 
     /// Start a log merge of everything unmerged if the log is at `threshold`,
-    /// and a tree merge if the upper tree is at `threshold` or a quarter of the
+    /// and a tree merge if the upper run is at `threshold` or a quarter of the
     /// lower one; neither if one of its kind is running. `end_seq` is the head's
     /// next seq (nothing later exists).
     pub fn maybe_start_merges(&self, threshold: usize, end_seq: u64) {
@@ -241,31 +257,36 @@ impl KeyIndex {
         let (upper, lower) = (self.upper.load(Relaxed), self.lower.load(Relaxed));
         if tree_merge.is_none() && upper >= (threshold as u64).max(lower / 4).max(1) {
             // (A tiny threshold, in tests, makes tiny slices too.)
-            let slice_pairs = (upper / TREE_SLICES).max(SLICE_PAIRS.min(threshold.max(1)) as u64);
-            *tree_merge = Some(TreeMerge { from: (0, 0), slice_pairs });
+            let slice_pairs = ((upper + lower) / TREE_SLICES).max(SLICE_PAIRS.min(threshold.max(1)) as u64);
+            *tree_merge = Some(TreeMerge { from: 0, slice_pairs });
         }
     }
 
-    /// The next slice of a running tree merge, in a transaction whose log slice
-    /// adds `incoming` pairs to the upper tree.
-    pub fn next_tree_slice(&self, incoming: u64) -> Option<TreeSlice> {
+    /// The next slice of a running tree merge.
+    pub fn next_tree_slice(&self) -> Option<TreeSlice> {
         let merge = self.tree_merge.lock().unwrap_or_else(|e| e.into_inner());
         let m = merge.as_ref()?;
-        Some(TreeSlice { from: m.from, max_pairs: m.slice_pairs.max(2 * incoming) })
+        Some(TreeSlice { from: m.from, min_pairs: m.slice_pairs })
     }
 
-    /// After the commit that moved a tree slice down.
-    pub fn tree_slice_committed(&self, moved: &TreeMoved) {
-        let mut merge = self.tree_merge.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(m) = merge.as_mut() else { return };
-        if m.from != moved.from {
-            return;
+    /// After the commit of a transaction with these merge slices: the runs'
+    /// counts, the mirror and the merges move on.
+    pub fn slices_committed(&self, log: Option<(usize, u64)>, tree: Option<&TreeMoved>) {
+        if let Some((slice, upper_added)) = log {
+            self.upper.fetch_add(upper_added, Relaxed);
+            self.slice_committed(slice);
         }
-        let _ = self.upper.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(moved.pairs)));
-        self.lower.fetch_add(moved.pairs, Relaxed);
-        match moved.last.and_then(successor) {
-            Some(from) => m.from = from,
-            None => *merge = None,
+        if let Some(moved) = tree {
+            let _ =
+                self.upper.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(moved.upper_removed)));
+            self.lower.fetch_add(moved.lower_added, Relaxed);
+            let mut merge = self.tree_merge.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = merge.as_mut().filter(|m| m.from == moved.from) {
+                m.from = moved.to;
+                if m.from >= runs::PARTITIONS {
+                    *merge = None;
+                }
+            }
         }
     }
 
@@ -286,25 +307,23 @@ impl KeyIndex {
             m.current = Some(pairs);
         }
         let last = slice + 1 == m.slices();
+        let partitions = m.shards(slice);
         let pairs = m.current.as_deref().expect("taken above");
-        f(Some(Slice { pairs, last, snapshot_end_seq: m.snapshot_end_seq, slice }))
+        f(Some(Slice { pairs, partitions, last, snapshot_end_seq: m.snapshot_end_seq, slice }))
     }
 
-    /// After the commit that wrote log slice `slice` to the upper tree: drop its
+    /// After the commit that wrote log slice `slice` to the upper run: drop its
     /// pairs from the mirror and move on (or finish).
-    pub fn slice_committed(&self, slice: usize) {
+    fn slice_committed(&self, slice: usize) {
         let mut merge = self.merge.lock().unwrap_or_else(|e| e.into_inner());
         let Some(m) = merge.as_mut() else { return };
         if m.next_slice != slice {
             return;
         }
         let end_seq = m.snapshot_end_seq;
-        let count = m.current.take().map_or(0, |pairs| {
-            let count = pairs.len();
+        if let Some(pairs) = m.current.take() {
             self.return_buffer(pairs);
-            count
-        });
-        self.upper.fetch_add(count as u64, Relaxed);
+        }
         {
             let shards = m.shards(slice);
             let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
@@ -317,14 +336,6 @@ impl KeyIndex {
         if m.next_slice == m.slices() {
             *merge = None;
         }
-    }
-}
-
-/// The next `(hash, seq)` key, if any.
-fn successor((hash, seq): (u64, u64)) -> Option<(u64, u64)> {
-    match seq.checked_add(1) {
-        Some(seq) => Some((hash, seq)),
-        None => hash.checked_add(1).map(|hash| (hash, 0)),
     }
 }
 
@@ -344,8 +355,8 @@ pub fn encode_pairs(pairs: &[(u64, u64)]) -> Vec<u8> {
     out
 }
 
-/// Bytes of one encoded pair.
-pub const PAIR_BYTES: usize = 16;
+/// Bytes of one encoded pair (as in a run's block).
+pub const PAIR_BYTES: usize = runs::PAIR_BYTES;
 
 pub fn decode_pairs(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
     bytes.chunks_exact(PAIR_BYTES).map(|c| {
@@ -406,28 +417,30 @@ mod tests {
     }
 
     #[test]
-    fn a_tree_merge_starts_at_a_quarter_of_the_lower_tree_and_outpaces_what_comes_in() {
+    fn a_tree_merge_starts_at_a_quarter_of_the_lower_run_and_walks_every_partition() {
         let index = KeyIndex::default();
         index.clear(100, 0, 99, 800);
         index.maybe_start_merges(100, 1);
-        assert!(index.next_tree_slice(0).is_none(), "99 pairs: under the threshold");
+        assert!(index.next_tree_slice().is_none(), "99 pairs: under the threshold");
         index.clear(100, 0, 199, 800);
         index.maybe_start_merges(100, 1);
-        assert!(index.next_tree_slice(0).is_none(), "under a quarter of the lower tree");
+        assert!(index.next_tree_slice().is_none(), "under a quarter of the lower run");
         let upper = 64 * SLICE_PAIRS as u64 * 4;
         index.clear(100, 0, upper, 4 * upper);
         index.maybe_start_merges(100, 1);
-        let slice = index.next_tree_slice(0).expect("a quarter: started");
-        assert_eq!((slice.from, slice.max_pairs), ((0, 0), upper / TREE_SLICES));
-        let big_batch = upper;
-        assert_eq!(index.next_tree_slice(big_batch).unwrap().max_pairs, 2 * big_batch);
+        let slice = index.next_tree_slice().expect("a quarter: started");
+        assert_eq!((slice.from, slice.min_pairs), (0, 5 * upper / TREE_SLICES));
 
-        let moved = TreeMoved { from: (0, 0), pairs: 10, last: Some((7, u64::MAX)) };
-        index.tree_slice_committed(&moved);
-        assert_eq!(index.next_tree_slice(0).unwrap().from, (8, 0), "on from the key after the last moved");
-        assert_eq!((index.upper_len(), index.lower.load(Relaxed)), (upper - 10, 4 * upper + 10));
-        index.tree_slice_committed(&TreeMoved { from: (8, 0), pairs: 0, last: None });
-        assert!(index.next_tree_slice(0).is_none(), "the end of the upper tree: done");
+        let moved = TreeMoved { from: 0, to: 10, upper_removed: 10, lower_added: 9 };
+        index.slices_committed(None, Some(&moved));
+        assert_eq!(index.next_tree_slice().unwrap().from, 10, "on from the next partition");
+        assert_eq!((index.upper_len(), index.lower_len()), (upper - 10, 4 * upper + 9));
+        let stale = TreeMoved { from: 0, to: 20, upper_removed: 0, lower_added: 0 };
+        index.slices_committed(None, Some(&stale));
+        assert_eq!(index.next_tree_slice().unwrap().from, 10, "a slice of another merge is ignored");
+        let rest = TreeMoved { from: 10, to: runs::PARTITIONS, upper_removed: 0, lower_added: 0 };
+        index.slices_committed(None, Some(&rest));
+        assert!(index.next_tree_slice().is_none(), "the last partition: done");
     }
 
     /// Commit every slice of the running merge in turn; each slice's pair count.
@@ -438,7 +451,7 @@ mod tests {
         {
             assert!(sorted);
             slices.push(n);
-            index.slice_committed(id);
+            index.slices_committed(Some((id, n as u64)), None);
             assert_eq!(last, index.with_next_slice(|s| s.is_none()), "`last` marks the final slice");
         }
         slices

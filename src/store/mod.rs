@@ -7,7 +7,8 @@
 //! - `read`: exact key lookups, pages of events, topics (any thread);
 //! - `handle`: the [`Store`] itself and the values the operations exchange;
 //! - `schema` (tables), `codec` (record and chunk encodings), `index` (the
-//!   key-log mirror and its merges).
+//!   key-log mirror and its merges), `runs` (the key index's sorted runs of
+//!   blocks).
 //!
 //! Each part has its own error. redb is MVCC: reads never block the writer.
 //! Promise: when `append` returns `Ok`, the batch's events, index entries and
@@ -21,6 +22,7 @@ pub mod index;
 mod journal;
 mod open;
 mod read;
+mod runs;
 pub mod schema;
 mod write;
 

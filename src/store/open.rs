@@ -10,9 +10,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::handle::{Head, Recovered, Row, Store, StoreConfig};
 use super::journal::{self, Journal};
-use super::schema::{self, EVENTS, KEY_INDEX, KEY_INDEX_UPPER, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+use super::schema::{
+    self, EVENTS, KEY_LOG, KEY_RUN_LOWER, KEY_RUN_UPPER, META, TOPIC_RUNS, TOPICS, legacy, meta,
+};
 use super::write::WriteError;
-use super::{codec, index};
+use super::{codec, index, runs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -184,10 +186,12 @@ impl Store {
         let db = self.database().ok_or(super::read::ReadError::Closed)?;
         let txn = db.begin_read()?;
         let mut n = 0;
-        for tree in [KEY_INDEX_UPPER, KEY_INDEX] {
-            for entry in txn.open_table(tree)?.iter()? {
-                f(entry?.0.value().0);
-                n += 1;
+        for run in [KEY_RUN_UPPER, KEY_RUN_LOWER] {
+            for entry in txn.open_table(run)?.iter()? {
+                for (hash, _) in runs::Block::new(entry?.1.value()).pairs() {
+                    f(hash);
+                    n += 1;
+                }
             }
         }
         for row in txn.open_table(KEY_LOG)?.iter()? {
@@ -278,17 +282,19 @@ fn wait_for_readers(mut db: Arc<Database>) -> Result<Database, OpenError> {
     }
 }
 
-/// Create missing tables, fix the hash seed on first open, read the head and
-/// the lengths of the key trees (upper, lower).
+/// Create missing tables, fix the hash seed on first open, upgrade an older
+/// layout, read the head and the pair counts of the key runs (upper, lower).
 fn init(db: &Database) -> Result<(Recovered, [u64; 2]), OpenError> {
     let txn = db.begin_write()?;
     let recovered = {
         let mut meta_table = txn.open_table(META)?;
         let version = get_or_insert(&mut meta_table, meta::SCHEMA_VERSION, || schema::SCHEMA_VERSION)?;
-        if version == schema::UPGRADABLE_SCHEMA_VERSION {
-            // Only the upper key tree is new (created below); the longer key log
-            // of a version-3 file is merged into it as usual.
+        if schema::UPGRADABLE_SCHEMA_VERSIONS.contains(&version) {
+            let [upper, lower] = upgrade_key_trees(&txn)?;
+            meta_table.insert(meta::UPPER_PAIRS, upper)?;
+            meta_table.insert(meta::LOWER_PAIRS, lower)?;
             meta_table.insert(meta::SCHEMA_VERSION, schema::SCHEMA_VERSION)?;
+            tracing::info!(from = version, upper, lower, "key index upgraded to sorted runs");
         } else if version != schema::SCHEMA_VERSION {
             return Err(OpenError::Schema { found: version, expected: schema::SCHEMA_VERSION });
         }
@@ -305,11 +311,33 @@ fn init(db: &Database) -> Result<(Recovered, [u64; 2]), OpenError> {
         txn.open_table(EVENTS)?;
         txn.open_table(TOPIC_RUNS)?;
         txn.open_table(KEY_LOG)?;
-        let trees = [txn.open_table(KEY_INDEX_UPPER)?.len()?, txn.open_table(KEY_INDEX)?.len()?];
-        (Recovered { key_hash_seed, head, stored_keys: trees[0] + trees[1] }, trees)
+        txn.open_table(KEY_RUN_UPPER)?;
+        txn.open_table(KEY_RUN_LOWER)?;
+        let runs = [read(meta::UPPER_PAIRS)?, read(meta::LOWER_PAIRS)?];
+        (Recovered { key_hash_seed, head, stored_keys: runs[0] + runs[1] }, runs)
     };
     txn.commit()?;
     Ok(recovered)
+}
+
+/// A version-3 or -4 file: rewrite its key trees as runs (each tree is sorted,
+/// so it streams into blocks) and delete them. Returns the pairs of each run.
+fn upgrade_key_trees(txn: &redb::WriteTransaction) -> Result<[u64; 2], OpenError> {
+    let mut counts = [0; 2];
+    let trees = [(legacy::KEY_INDEX_UPPER, KEY_RUN_UPPER), (legacy::KEY_INDEX, KEY_RUN_LOWER)];
+    for (count, (tree, run)) in counts.iter_mut().zip(trees) {
+        {
+            let tree = txn.open_table(tree)?;
+            let mut run = txn.open_table(run)?;
+            let mut blocks = runs::BlockWriter::new(&mut run);
+            for entry in tree.iter()? {
+                blocks.push(entry?.0.value())?;
+            }
+            *count = blocks.finish()?;
+        }
+        txn.delete_table(tree)?;
+    }
+    Ok(counts)
 }
 
 fn get_or_insert(

@@ -6,7 +6,8 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use super::codec;
 use super::handle::{Page, Store, StoredEvent};
-use super::schema::{EVENTS, KEY_INDEX, KEY_INDEX_UPPER, TOPIC_RUNS, TOPICS};
+use super::runs::BlockFinder;
+use super::schema::{EVENTS, KEY_RUN_LOWER, KEY_RUN_UPPER, TOPIC_RUNS, TOPICS};
 use crate::event::{EventKey, Seq};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +30,8 @@ type EventsTable = redb::ReadOnlyTable<u64, &'static [u8]>;
 
 impl Store {
     /// Exact membership of each key, checked against the stored records, as a
-    /// multi-get: candidates (from the unmerged log mirror, then both key trees in
-    /// hash order) are checked in seq order, so each record chunk is read once however
+    /// multi-get: candidates (from the unmerged log mirror, then both key runs in
+    /// hash order, one block read for the keys it covers) are checked in seq order, so each record chunk is read once however
     /// many of the batch's keys it holds. The mirror is read after the database is
     /// held and before the read transaction begins (see `index`, "Findable"), so
     /// neither a merge nor a reopen can hide a key.
@@ -44,15 +45,13 @@ impl Store {
             candidates.extend(seqs.drain(..).map(|seq| (seq, i)));
         }
         let txn = db.begin_read()?;
-        let trees = [txn.open_table(KEY_INDEX_UPPER)?, txn.open_table(KEY_INDEX)?];
+        let runs = [txn.open_table(KEY_RUN_UPPER)?, txn.open_table(KEY_RUN_LOWER)?];
         let mut by_hash: Vec<usize> = (0..keys.len()).collect();
         by_hash.sort_unstable_by_key(|&i| keys[i].hash());
-        for tree in &trees {
+        for run in &runs {
+            let mut blocks = BlockFinder::new(run);
             for &i in &by_hash {
-                let hash = keys[i].hash();
-                for entry in tree.range((hash, 0)..=(hash, u64::MAX))? {
-                    candidates.push((entry?.0.value().1, i));
-                }
+                blocks.seqs_of(keys[i].hash(), &mut |seq| candidates.push((seq, i)))?;
             }
         }
         candidates.sort_unstable();

@@ -1,6 +1,6 @@
 //! The redb tables. Layout chosen for write speed (see docs/design.md, "Table layout"):
-//! every table but the two key trees is appended to in key order; those have small
-//! fixed-width keys and are written only by merges, in sorted order.
+//! every table but the two key runs is appended to in key order; those are
+//! written only by merges, a block of ~1,000 sorted pairs per row.
 
 use redb::TableDefinition;
 
@@ -12,14 +12,15 @@ pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// `GET /events?topic=`. One row per topic per batch (a "run"), not per event.
 pub const TOPIC_RUNS: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("topic_runs");
 
-/// `(key_hash, seq) -> ()`. The lower, large sorted tree of the dedup index (see
-/// `index`). A hash collision simply yields two entries under one hash; lookups
-/// compare the exact key against each record.
-pub const KEY_INDEX: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index");
+/// `first key_hash of the block -> packed sorted (key_hash, seq) pairs`: the
+/// lower, large sorted run of the dedup index (see `index` and `runs`). A hash
+/// collision simply yields two pairs under one hash; lookups compare the exact
+/// key against each record.
+pub const KEY_RUN_LOWER: TableDefinition<u64, &[u8]> = TableDefinition::new("key_run_lower");
 
-/// `(key_hash, seq) -> ()`. The upper, small sorted tree of the dedup index: the
-/// key log is merged into it, and it into `KEY_INDEX` (see `index`).
-pub const KEY_INDEX_UPPER: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index_upper");
+/// The upper, small sorted run of the dedup index, laid out as `KEY_RUN_LOWER`:
+/// the key log is merged into it, and it into `KEY_RUN_LOWER` (see `index`).
+pub const KEY_RUN_UPPER: TableDefinition<u64, &[u8]> = TableDefinition::new("key_run_upper");
 
 /// `first seq of a batch -> packed (key_hash, seq) pairs` of that batch's new keys:
 /// the not yet merged part of the dedup index, one append-ordered row per batch.
@@ -44,9 +45,23 @@ pub mod meta {
     pub const DUPLICATES: &str = "duplicate_dropped";
     /// The last journal frame applied (`journal`); absent before the first.
     pub const JOURNAL_FRAME: &str = "journal_frame";
+    /// Pairs in `KEY_RUN_UPPER` and in `KEY_RUN_LOWER`.
+    pub const UPPER_PAIRS: &str = "upper_run_pairs";
+    pub const LOWER_PAIRS: &str = "lower_run_pairs";
 }
 
-/// 4: the upper key tree. A version-3 file (no upper tree, a longer key log) is
-/// upgraded in place at open.
-pub const SCHEMA_VERSION: u64 = 4;
-pub const UPGRADABLE_SCHEMA_VERSION: u64 = 3;
+/// 5: the key index as sorted runs of blocks. A version-3 file (one key tree)
+/// or version-4 file (two key trees) is upgraded in place at open: its trees
+/// are rewritten as the runs (`legacy`).
+pub const SCHEMA_VERSION: u64 = 5;
+pub const UPGRADABLE_SCHEMA_VERSIONS: [u64; 2] = [3, 4];
+
+/// The key trees of versions 3 and 4, read once by the upgrade and deleted.
+pub mod legacy {
+    use redb::TableDefinition;
+
+    /// `(key_hash, seq) -> ()`; version 4's lower tree, version 3's only one.
+    pub const KEY_INDEX: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index");
+    /// Version 4's upper tree.
+    pub const KEY_INDEX_UPPER: TableDefinition<(u64, u64), ()> = TableDefinition::new("key_index_upper");
+}

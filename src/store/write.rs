@@ -13,7 +13,8 @@ use super::codec;
 use super::handle::{Head, Row, Store};
 use super::index;
 use super::journal::{self, Journal};
-use super::schema::{EVENTS, KEY_INDEX, KEY_INDEX_UPPER, KEY_LOG, META, TOPIC_RUNS, TOPICS, meta};
+use super::runs;
+use super::schema::{EVENTS, KEY_LOG, KEY_RUN_LOWER, KEY_RUN_UPPER, META, TOPIC_RUNS, TOPICS, meta};
 
 /// Journal bytes after which the next batch is committed durably (a
 /// checkpoint), and the journal starts over: this bounds the replay at open.
@@ -44,7 +45,8 @@ pub enum WriteError {
 /// What one transaction wrote, for the bookkeeping after its commit.
 pub(super) struct Applied {
     pairs: Vec<(u64, u64)>,
-    merged_slice: Option<usize>,
+    /// The log slice written (its id) and the pairs it added to the upper run.
+    merged_slice: Option<(usize, u64)>,
     moved_slice: Option<index::TreeMoved>,
 }
 
@@ -161,15 +163,23 @@ impl Store {
         if let Some(&(_, first_seq)) = pairs.first() {
             txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&pairs).as_slice())?;
         }
-        let (merged_slice, incoming) = self.write_merge_slice(txn)?.unzip();
-        let moved_slice = self.write_tree_slice(txn, incoming.unwrap_or(0))?;
+        let merged_slice = self.write_merge_slice(txn)?;
+        let moved_slice = self.write_tree_slice(txn)?;
         next.unique += pairs.len() as u64;
         next.duplicates += duplicates;
+        let upper_added = merged_slice.map_or(0, |(_, added)| added);
+        let upper_removed = moved_slice.as_ref().map_or(0, |moved| moved.upper_removed);
+        let lower_added = moved_slice.as_ref().map_or(0, |moved| moved.lower_added);
         let mut meta_table = txn.open_table(META)?;
         meta_table.insert(meta::NEXT_SEQ, next.next_seq)?;
         meta_table.insert(meta::UNIQUE, next.unique)?;
         meta_table.insert(meta::DUPLICATES, next.duplicates)?;
         meta_table.insert(meta::JOURNAL_FRAME, next.journal_frame)?;
+        if merged_slice.is_some() || moved_slice.is_some() {
+            let upper = (self.index.upper_len() + upper_added).saturating_sub(upper_removed);
+            meta_table.insert(meta::UPPER_PAIRS, upper)?;
+            meta_table.insert(meta::LOWER_PAIRS, self.index.lower_len() + lower_added)?;
+        }
         Ok(Applied { pairs, merged_slice, moved_slice })
     }
 
@@ -178,55 +188,59 @@ impl Store {
         *head = next;
         self.index.add(&applied.pairs);
         self.index.return_buffer(applied.pairs);
-        if let Some(slice) = applied.merged_slice {
-            self.index.slice_committed(slice);
-        }
-        if let Some(moved) = &applied.moved_slice {
-            self.index.tree_slice_committed(moved);
-        }
+        self.index.slices_committed(applied.merged_slice, applied.moved_slice.as_ref());
         self.index.maybe_start_merges(self.config.merge_threshold, head.next_seq);
     }
 
-    /// The next slice of a running log merge, sorted: each leaf of the upper tree
-    /// is touched once. Returns its id and the pairs it inserted.
+    /// The next slice of a running log merge: its partitions of the upper run
+    /// rewritten with the slice's pairs merged in. Returns the slice's id and
+    /// the pairs it added.
     fn write_merge_slice(&self, txn: &WriteTransaction) -> Result<Option<(usize, u64)>, WriteError> {
         self.index.with_next_slice(|slice| {
             let Some(slice) = slice else { return Ok(None) };
-            let mut tree = txn.open_table(KEY_INDEX_UPPER)?;
-            for pair in slice.pairs {
-                tree.insert(pair, ())?;
-            }
+            let mut upper = txn.open_table(KEY_RUN_UPPER)?;
+            let (from, to) = (slice.partitions.start, slice.partitions.end);
+            let mut old = self.index.take_buffer();
+            runs::read_partitions(&upper, from, to, &mut old)?;
+            let written = runs::rewrite_partitions(&mut upper, from, to, &old, slice.pairs)?;
+            let added = written - old.len() as u64;
+            self.index.return_buffer(old);
             if slice.last {
                 txn.open_table(KEY_LOG)?.retain_in(..slice.snapshot_end_seq, |_, _| false)?;
             }
-            Ok(Some((slice.id(), slice.pairs.len() as u64)))
+            Ok(Some((slice.id(), added)))
         })
     }
 
-    /// The next slice of a running tree merge: a run of the upper tree's pairs,
-    /// moved to the lower tree (after the log slice of the same transaction,
-    /// which adds `incoming` pairs and which it may carry along).
-    fn write_tree_slice(
-        &self,
-        txn: &WriteTransaction,
-        incoming: u64,
-    ) -> Result<Option<index::TreeMoved>, WriteError> {
-        let Some(slice) = self.index.next_tree_slice(incoming) else { return Ok(None) };
-        let mut upper = txn.open_table(KEY_INDEX_UPPER)?;
-        let mut pairs = self.index.take_buffer();
-        for entry in upper.range(slice.from..)?.take(slice.max_pairs as usize) {
-            pairs.push(entry?.0.value());
+    /// The next slice of a running tree merge: whole partitions of the upper run
+    /// merged into the lower one (after the log slice of the same transaction,
+    /// whose pairs it may carry along), until it has read `min_pairs`.
+    fn write_tree_slice(&self, txn: &WriteTransaction) -> Result<Option<index::TreeMoved>, WriteError> {
+        let Some(slice) = self.index.next_tree_slice() else { return Ok(None) };
+        let mut upper = txn.open_table(KEY_RUN_UPPER)?;
+        let mut lower = txn.open_table(KEY_RUN_LOWER)?;
+        let mut moved =
+            index::TreeMoved { from: slice.from, to: slice.from, upper_removed: 0, lower_added: 0 };
+        let (mut up, mut down) = (self.index.take_buffer(), self.index.take_buffer());
+        let mut read = 0;
+        while moved.to < runs::PARTITIONS && (moved.to == slice.from || read < slice.min_pairs) {
+            let p = moved.to;
+            moved.to += 1;
+            up.clear();
+            runs::read_partitions(&upper, p, p + 1, &mut up)?;
+            if up.is_empty() {
+                continue;
+            }
+            down.clear();
+            runs::read_partitions(&lower, p, p + 1, &mut down)?;
+            read += (up.len() + down.len()) as u64;
+            upper.retain_in(runs::partitions(p, p + 1), |_, _| false)?;
+            let written = runs::rewrite_partitions(&mut lower, p, p + 1, &down, &up)?;
+            moved.upper_removed += up.len() as u64;
+            moved.lower_added += written - down.len() as u64;
         }
-        let last = pairs.last().copied().filter(|_| pairs.len() as u64 == slice.max_pairs);
-        if let Some(&end) = pairs.last() {
-            upper.retain_in(slice.from..=end, |_, _| false)?;
-        }
-        let mut lower = txn.open_table(KEY_INDEX)?;
-        for pair in &pairs {
-            lower.insert(pair, ())?;
-        }
-        let moved = index::TreeMoved { from: slice.from, pairs: pairs.len() as u64, last };
-        self.index.return_buffer(pairs);
+        self.index.return_buffer(up);
+        self.index.return_buffer(down);
         Ok(Some(moved))
     }
 }

@@ -33,8 +33,8 @@ async fn restart_keeps_events_counters_and_dedup() {
 }
 
 /// The case above restarts with most keys still in the key log; here merges have
-/// moved them into the key trees first (a log merge of a few hundred keys takes 4
-/// further commits, and the tree merge into `key_index` rides on those and the next),
+/// moved them into the key runs first (a log merge of a few hundred keys takes 4
+/// further commits, and the tree merge into the lower run rides on those and the next),
 /// and the saved filter is gone, so the filter is rebuilt from the merged index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_rebuilds_the_filter_from_the_merged_index() {
