@@ -43,7 +43,7 @@ STAGES = [
     ("handler: response", r"serde_json::ser|Json<|IntoResponse|PublishResponse"),
     ("handler: body read", r"read_body|Limited|BodyExt|collect"),
     ("writer: events table", r"write_events|EVENTS"),
-    ("writer: merge slice", r"write_merge_slice|index::"),
+    ("writer: merge slices (log and tree)", r"write_merge_slice|write_tree_slice|index::|runs::"),
     ("writer: commit", r"WriteTransaction::commit|commit_inner|TransactionalMemory|flush_write_buffer"),
     ("settler: settle", r"settler::|Settler"),
     ("http (hyper, tcp)", r"hyper::|hyper_util::|tcp_|sock_|http::serve|axum::"),
