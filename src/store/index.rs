@@ -345,38 +345,9 @@ impl Slice<'_> {
     }
 }
 
-/// `KEY_LOG` row encoding: little-endian `(hash, seq)` pairs.
-pub fn encode_pairs(pairs: &[(u64, u64)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(pairs.len() * PAIR_BYTES);
-    for (h, s) in pairs {
-        out.extend_from_slice(&h.to_le_bytes());
-        out.extend_from_slice(&s.to_le_bytes());
-    }
-    out
-}
-
-/// Bytes of one encoded pair (as in a run's block).
-pub const PAIR_BYTES: usize = runs::PAIR_BYTES;
-
-pub fn decode_pairs(bytes: &[u8]) -> impl Iterator<Item = (u64, u64)> + '_ {
-    bytes.chunks_exact(PAIR_BYTES).map(|c| {
-        let (h, s) = c.split_at(8);
-        (
-            u64::from_le_bytes(h.try_into().expect("chunk of 16 splits into 8 + 8")),
-            u64::from_le_bytes(s.try_into().expect("chunk of 16 splits into 8 + 8")),
-        )
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pairs_round_trip() {
-        let pairs = vec![(u64::MAX, 1), (7, 2)];
-        assert_eq!(decode_pairs(&encode_pairs(&pairs)).collect::<Vec<_>>(), pairs);
-    }
 
     #[test]
     fn collisions_keep_every_seq() {

@@ -14,7 +14,7 @@ use super::schema::{
     self, EVENTS, KEY_LOG, KEY_RUN_LOWER, KEY_RUN_UPPER, META, TOPIC_RUNS, TOPICS, legacy, meta,
 };
 use super::write::WriteError;
-use super::{codec, index, runs};
+use super::{codec, runs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -168,13 +168,13 @@ impl Store {
         let log = txn.open_table(KEY_LOG)?;
         let mut n = 0;
         for row in log.iter()? {
-            n += row?.1.value().len() / index::PAIR_BYTES;
+            n += row?.1.value().len() / runs::PAIR_BYTES;
         }
         self.index.clear(self.config.merge_threshold, n, upper, lower);
         let mut pairs = Vec::new();
         for row in log.iter()? {
             pairs.clear();
-            pairs.extend(index::decode_pairs(row?.1.value()));
+            pairs.extend(runs::Block::new(row?.1.value()).pairs());
             self.index.add(&pairs);
         }
         Ok(n as u64)
@@ -195,7 +195,7 @@ impl Store {
             }
         }
         for row in txn.open_table(KEY_LOG)?.iter()? {
-            for (hash, _) in index::decode_pairs(row?.1.value()) {
+            for (hash, _) in runs::Block::new(row?.1.value()).pairs() {
                 f(hash);
                 n += 1;
             }

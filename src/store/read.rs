@@ -31,8 +31,9 @@ type EventsTable = redb::ReadOnlyTable<u64, &'static [u8]>;
 impl Store {
     /// Exact membership of each key, checked against the stored records, as a
     /// multi-get: candidates (from the unmerged log mirror, then both key runs in
-    /// hash order, one block read for the keys it covers) are checked in seq order, so each record chunk is read once however
-    /// many of the batch's keys it holds. The mirror is read after the database is
+    /// hash order, one block read for the keys it covers) are checked in seq
+    /// order, so each record chunk is read once however many of the batch's keys
+    /// it holds. The mirror is read after the database is
     /// held and before the read transaction begins (see `index`, "Findable"), so
     /// neither a merge nor a reopen can hide a key.
     pub fn contains(&self, keys: &[EventKey]) -> Result<Vec<bool>, ReadError> {

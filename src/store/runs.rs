@@ -56,33 +56,45 @@ impl<'a> Block<'a> {
         Block(bytes)
     }
 
-    fn len(&self) -> usize {
+    fn len(self) -> usize {
         self.0.len() / PAIR_BYTES
     }
 
-    fn hash_at(&self, i: usize) -> u64 {
+    fn hash_at(self, i: usize) -> u64 {
         let at = i * PAIR_BYTES;
         u64::from_le_bytes(self.0[at..at + 8].try_into().expect("8 bytes"))
     }
 
-    fn pair_at(&self, i: usize) -> (u64, u64) {
+    fn pair_at(self, i: usize) -> (u64, u64) {
         let at = i * PAIR_BYTES + 8;
         (self.hash_at(i), u64::from_le_bytes(self.0[at..at + 8].try_into().expect("8 bytes")))
     }
 
-    pub fn last_hash(&self) -> Option<u64> {
+    pub fn last_hash(self) -> Option<u64> {
         self.len().checked_sub(1).map(|i| self.hash_at(i))
     }
 
     /// The seqs of the pairs with this hash (binary search).
-    pub fn seqs_of(&self, hash: u64) -> impl Iterator<Item = u64> + '_ {
+    pub fn seqs_of(self, hash: u64) -> impl Iterator<Item = u64> + 'a {
         let start = partition_point(self.len(), |i| self.hash_at(i) < hash);
-        (start..self.len()).map(|i| self.pair_at(i)).take_while(move |&(h, _)| h == hash).map(|(_, s)| s)
+        (start..self.len()).map(move |i| self.pair_at(i)).take_while(move |&(h, _)| h == hash).map(|(_, s)| s)
     }
 
-    pub fn pairs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        (0..self.len()).map(|i| self.pair_at(i))
+    pub fn pairs(self) -> impl Iterator<Item = (u64, u64)> + 'a {
+        (0..self.len()).map(move |i| self.pair_at(i))
     }
+}
+
+/// Pairs packed as in a block (a `KEY_LOG` row has the same layout).
+pub fn encode_pairs(pairs: &[(u64, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pairs.len() * PAIR_BYTES);
+    pairs.iter().for_each(|&pair| push_pair(&mut out, pair));
+    out
+}
+
+fn push_pair(out: &mut Vec<u8>, (hash, seq): (u64, u64)) {
+    out.extend_from_slice(&hash.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
 }
 
 /// The first `i` in `0..len` for which `below(i)` is false (`below` is true on a prefix).
@@ -215,8 +227,7 @@ impl<'a, 't> BlockWriter<'a, 't> {
         if self.block.is_empty() {
             self.first = hash;
         }
-        self.block.extend_from_slice(&hash.to_le_bytes());
-        self.block.extend_from_slice(&seq.to_le_bytes());
+        push_pair(&mut self.block, (hash, seq));
         self.last = Some((hash, seq));
         self.written += 1;
         Ok(())
@@ -246,6 +257,12 @@ mod tests {
 
     fn spread(i: u64) -> u64 {
         i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    #[test]
+    fn pairs_round_trip() {
+        let pairs = vec![(u64::MAX, 1), (7, 2)];
+        assert_eq!(Block::new(&encode_pairs(&pairs)).pairs().collect::<Vec<_>>(), pairs);
     }
 
     #[test]

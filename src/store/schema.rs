@@ -22,8 +22,9 @@ pub const KEY_RUN_LOWER: TableDefinition<u64, &[u8]> = TableDefinition::new("key
 /// the key log is merged into it, and it into `KEY_RUN_LOWER` (see `index`).
 pub const KEY_RUN_UPPER: TableDefinition<u64, &[u8]> = TableDefinition::new("key_run_upper");
 
-/// `first seq of a batch -> packed (key_hash, seq) pairs` of that batch's new keys:
-/// the not yet merged part of the dedup index, one append-ordered row per batch.
+/// `first seq of a batch -> packed (key_hash, seq) pairs` of that batch's new keys,
+/// packed as a run's block (`runs::encode_pairs`): the not yet merged part of the
+/// dedup index, one append-ordered row per batch.
 pub const KEY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("key_log");
 
 /// `topic -> (topic_id, stored_events)`.
@@ -56,7 +57,8 @@ pub mod meta {
 pub const SCHEMA_VERSION: u64 = 5;
 pub const UPGRADABLE_SCHEMA_VERSIONS: [u64; 2] = [3, 4];
 
-/// The key trees of versions 3 and 4, read once by the upgrade and deleted.
+/// The key trees of versions 3 and 4, read once by the upgrade and deleted (the
+/// writer bench also writes `KEY_INDEX`, as the naive one-insert-per-key layout).
 pub mod legacy {
     use redb::TableDefinition;
 

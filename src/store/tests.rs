@@ -347,8 +347,11 @@ fn as_legacy_file(path: &Path, version: u64) {
     let txn = db.begin_write().unwrap();
     {
         let mut log = txn.open_table(schema::KEY_LOG).unwrap();
-        let rows: Vec<Vec<(u64, u64)>> =
-            log.iter().unwrap().map(|row| index::decode_pairs(row.unwrap().1.value()).collect()).collect();
+        let rows: Vec<Vec<(u64, u64)>> = log
+            .iter()
+            .unwrap()
+            .map(|row| runs::Block::new(row.unwrap().1.value()).pairs().collect())
+            .collect();
         assert_eq!(rows.len(), 2);
         log.retain(|_, _| false).unwrap();
         let mut lower = txn.open_table(schema::legacy::KEY_INDEX).unwrap();

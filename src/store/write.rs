@@ -161,7 +161,7 @@ impl Store {
     ) -> Result<Applied, WriteError> {
         let pairs = write_events(txn, next, rows, self.index.take_buffer())?;
         if let Some(&(_, first_seq)) = pairs.first() {
-            txn.open_table(KEY_LOG)?.insert(first_seq, index::encode_pairs(&pairs).as_slice())?;
+            txn.open_table(KEY_LOG)?.insert(first_seq, runs::encode_pairs(&pairs).as_slice())?;
         }
         let merged_slice = self.write_merge_slice(txn)?;
         let moved_slice = self.write_tree_slice(txn)?;
