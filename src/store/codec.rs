@@ -1,7 +1,8 @@
 //! On-disk encodings. One event is a [`Record`], encoded with bincode 2 (standard
 //! config: varint integers, length-prefixed strings); decoding borrows from the
-//! page. Records are stored in chunks of up to [`CHUNK_EVENTS`] consecutive seqs
-//! (one `EVENTS` row per chunk: far fewer B-tree inserts per event).
+//! page. Records are stored in chunks of consecutive seqs, each filled up to
+//! [`CHUNK_MAX_BYTES`] (one `EVENTS` row per chunk: far fewer B-tree inserts per
+//! event, and pages of redb's buddy allocator nearly full).
 
 use bincode::{BorrowDecode, Encode};
 
@@ -31,8 +32,14 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, bincode::error::DecodeError> {
     bincode::borrow_decode_from_slice(bytes, CONFIG).map(|(record, _)| record)
 }
 
-/// Most records in one `EVENTS` chunk.
-pub const CHUNK_EVENTS: usize = 64;
+/// Most bytes of one encoded chunk. With its `u64` key and a leaf's header
+/// (16 bytes), a chunk this size still fits one 16 KiB page: redb gives a value
+/// a power-of-two page, so one just past 16 KiB would take 32. Chunks of a
+/// fixed 64 records of ~150 bytes filled their 16 KiB pages to ~61 %.
+pub const CHUNK_MAX_BYTES: usize = 16_320;
+
+/// Most records in one chunk (its count is a `u16`).
+pub const CHUNK_MAX_EVENTS: usize = 1024;
 
 /// Builds one chunk: `[n: u16][end offset of each record: n × u32][records]`,
 /// little-endian, offsets relative to the start of the records.
@@ -45,19 +52,26 @@ pub struct ChunkBuilder {
 impl ChunkBuilder {
     pub fn push(&mut self, record: &[u8]) {
         self.records.extend_from_slice(record);
-        let end =
-            u32::try_from(self.records.len()).expect("a chunk of 64 bounded records is far below 4 GiB");
+        let end = u32::try_from(self.records.len())
+            .expect("a chunk of up to CHUNK_MAX_EVENTS bounded records is far below 4 GiB");
         self.ends.push(end);
     }
     pub fn len(&self) -> usize {
         self.ends.len()
+    }
+    /// Whether a record of `record_len` bytes still goes into this chunk: it
+    /// must stay within [`CHUNK_MAX_BYTES`] and [`CHUNK_MAX_EVENTS`]. An empty
+    /// chunk takes any record, so a record larger than the limit is a chunk alone.
+    pub fn fits(&self, record_len: usize) -> bool {
+        let encoded = 2 + 4 * (self.ends.len() + 1) + self.records.len() + record_len;
+        self.is_empty() || (self.len() < CHUNK_MAX_EVENTS && encoded <= CHUNK_MAX_BYTES)
     }
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
     /// The encoded chunk; the builder is empty again afterwards.
     pub fn take(&mut self) -> Vec<u8> {
-        let n = u16::try_from(self.ends.len()).expect("at most CHUNK_EVENTS records");
+        let n = u16::try_from(self.ends.len()).expect("at most CHUNK_MAX_EVENTS records");
         let mut out = Vec::with_capacity(2 + 4 * self.ends.len() + self.records.len());
         out.extend_from_slice(&n.to_le_bytes());
         self.ends.drain(..).for_each(|e| out.extend_from_slice(&e.to_le_bytes()));
@@ -141,6 +155,21 @@ mod tests {
         assert_eq!(chunk.get(3), None);
         assert!(Chunk::open(&bytes[..bytes.len() - 1]).is_err());
         assert!(Chunk::open(&[9]).is_err());
+    }
+
+    #[test]
+    fn a_chunk_ends_before_it_would_pass_its_byte_or_record_limit() {
+        let mut chunk = ChunkBuilder::default();
+        assert!(chunk.fits(CHUNK_MAX_BYTES * 2), "an empty chunk takes any record");
+        while chunk.fits(150) {
+            chunk.push(&[7; 150]);
+        }
+        let full = chunk.take();
+        assert!(full.len() <= CHUNK_MAX_BYTES && full.len() + 154 > CHUNK_MAX_BYTES, "{}", full.len());
+        while chunk.fits(1) {
+            chunk.push(&[1]);
+        }
+        assert_eq!(chunk.len(), CHUNK_MAX_EVENTS);
     }
 
     #[test]

@@ -267,12 +267,12 @@ fn write_events<'a>(
     let mut chunk_start = next.next_seq;
     for row in rows {
         let seq = next.next_seq;
+        if !chunk.fits(row.bytes.len()) {
+            events.insert(chunk_start, chunk.take().as_slice())?;
+            chunk_start = seq;
+        }
         next.next_seq += 1;
         chunk.push(row.bytes);
-        if chunk.len() == codec::CHUNK_EVENTS {
-            events.insert(chunk_start, chunk.take().as_slice())?;
-            chunk_start = next.next_seq;
-        }
         runs.entry(row.topic).or_default().push(seq);
         pairs.push((row.hash, seq));
     }
