@@ -1,8 +1,9 @@
 //! The on-disk dedup index, kept cheap to write: a log and two sorted runs,
 //! each merged into the next in bulk (a small LSM tree on redb).
 //!
-//! - **The log.** Each batch writes its new `(key_hash, seq)` pairs as ONE row
-//!   of `KEY_LOG` (append order), and the writer mirrors them in memory
+//! - **The log.** Each batch appends its new `(key_hash, seq)` pairs to
+//!   `KEY_LOG` in seq order, as rows of at most a block's pairs (each fits one
+//!   16 KiB page), and the writer mirrors them in memory
 //!   ([`KeyIndex`]). The mirror is the only per-key memory of the index, and a
 //!   restart reloads it: both are bounded by `merge_threshold` pairs (plus what
 //!   arrives while a merge runs), not by the keys stored.

@@ -386,13 +386,14 @@ fn set_version(path: &Path, version: u64) {
     txn.commit().unwrap();
 }
 
-/// redb gives each chunk a power-of-two page: chunks are filled by bytes, so
-/// the `EVENTS` table's pages are nearly full (fixed 64-record chunks of
-/// records this size left ~39 % of every 16 KiB page empty), and every record
-/// reads back.
+/// redb gives each value a power-of-two page: event chunks are filled by
+/// bytes and a batch's key-log pairs are cut into rows of a block's size, so
+/// the pages of both tables are nearly full (fixed 64-record chunks of records
+/// this size left ~43 % of their 16 KiB pages empty, and a 5,000-pair key-log
+/// row took a 128 KiB page for 80 KB), and every record reads back.
 #[test]
-fn event_chunks_fill_their_pages() {
-    use redb::{ReadableDatabase, ReadableTableMetadata};
+fn event_chunks_and_key_log_rows_fill_their_pages() {
+    use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
     let dir = tempfile::tempdir().unwrap();
     let (store, mut head, keys) = open_with_keys(&dir.path().join("db.redb"), 20_000);
     let payload = format!("{{\"note\":\"{}\"}}", "x".repeat(90));
@@ -409,16 +410,22 @@ fn event_chunks_fill_their_pages() {
             })
         })
         .collect();
-    for (keys, bytes) in keys.chunks(1000).zip(bytes.chunks(1000)) {
+    for (keys, bytes) in keys.chunks(5000).zip(bytes.chunks(5000)) {
         let rows = keys.iter().zip(bytes).map(|(key, b)| Row::new(key, b));
         store.append(&mut head, rows, 0).unwrap();
     }
     store.checkpoint().unwrap();
     let db = store.database().unwrap();
-    let stats = db.begin_read().unwrap().open_table(schema::EVENTS).unwrap().stats().unwrap();
-    let used = stats.stored_bytes() + stats.metadata_bytes();
-    let fill = used as f64 / (used + stats.fragmented_bytes()) as f64;
-    assert!(fill > 0.9, "EVENTS pages {:.0} % full: {stats:?}", fill * 100.0);
+    let txn = db.begin_read().unwrap();
+    let fill = |table: TableDefinition<u64, &[u8]>| {
+        let stats = txn.open_table(table).unwrap().stats().unwrap();
+        let used = stats.stored_bytes() + stats.metadata_bytes();
+        (used as f64 / (used + stats.fragmented_bytes()) as f64, stats)
+    };
+    for (name, table) in [("events", schema::EVENTS), ("key_log", schema::KEY_LOG)] {
+        let (fill, stats) = fill(table);
+        assert!(fill > 0.9, "{name} pages {:.0} % full: {stats:?}", fill * 100.0);
+    }
     let page = store.read_page(None, Seq(0), 10_000).unwrap();
     assert_eq!(page.events.len(), 10_000);
     let last = store.read_page(None, Seq(19_990), 100).unwrap();

@@ -1,5 +1,5 @@
 //! The write path: one batch per write transaction (event chunks, per-topic
-//! runs, one key-log row, counters, and the next slice of each running index
+//! runs, the key-log rows, counters, and the next slice of each running index
 //! merge). A small batch is made durable by its journal frame and committed
 //! without fsync; a large one, and every `CHECKPOINT_BYTES` of journal, by
 //! redb's durable commit, which covers the journal up to it. Called by the
@@ -160,9 +160,13 @@ impl Store {
         duplicates: u64,
     ) -> Result<Applied, WriteError> {
         let pairs = write_events(txn, next, rows, self.index.take_buffer())?;
-        if let Some(&(_, first_seq)) = pairs.first() {
-            txn.open_table(KEY_LOG)?.insert(first_seq, runs::encode_pairs(&pairs).as_slice())?;
+        // One row per block of pairs, keyed by its first seq: a batch's whole
+        // row (up to 20k pairs, 320 KB) took a power-of-two page up to 512 KiB.
+        let mut log = txn.open_table(KEY_LOG)?;
+        for block in pairs.chunks(runs::BLOCK_PAIRS) {
+            log.insert(block[0].1, runs::encode_pairs(block).as_slice())?;
         }
+        drop(log);
         let merged_slice = self.write_merge_slice(txn)?;
         let moved_slice = self.write_tree_slice(txn)?;
         next.unique += pairs.len() as u64;
