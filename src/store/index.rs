@@ -44,6 +44,7 @@
 //!   blocks it wrote, so an open reads them instead of scanning.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -219,14 +220,15 @@ impl KeyIndex {
     /// Pairs of committed keys (startup reload and after each commit).
     pub fn add(&self, pairs: &[(u64, u64)]) {
         let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
+        let log = &mut *log;
         for &(hash, seq) in pairs {
-            let bucket = &mut log.first[shard_of(hash)];
-            if let Some(&existing) = bucket.get(&hash) {
-                if existing != seq {
-                    log.more.push((hash, seq));
+            // One probe per pair (the entry), not a get and then an insert.
+            match log.first[shard_of(hash)].entry(hash) {
+                Entry::Vacant(slot) => {
+                    slot.insert(seq);
                 }
-            } else {
-                bucket.insert(hash, seq);
+                Entry::Occupied(first) if *first.get() != seq => log.more.push((hash, seq)),
+                Entry::Occupied(_) => {}
             }
         }
     }
