@@ -32,11 +32,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, bincode::error::DecodeError> {
     bincode::borrow_decode_from_slice(bytes, CONFIG).map(|(record, _)| record)
 }
 
-/// Most bytes of one encoded chunk. With its `u64` key and a leaf's header
-/// (16 bytes), a chunk this size still fits one 16 KiB page: redb gives a value
-/// a power-of-two page, so one just past 16 KiB would take 32. Chunks of a
-/// fixed 64 records of ~150 bytes filled their 16 KiB pages to ~61 %.
-pub const CHUNK_MAX_BYTES: usize = 16_320;
+/// Most bytes of one encoded chunk: one 16 KiB page's worth
+/// (`schema::PAGE_VALUE_MAX_BYTES`). Chunks of a fixed 64 records of ~150
+/// bytes filled their 16 KiB pages to 57 %.
+pub const CHUNK_MAX_BYTES: usize = super::schema::PAGE_VALUE_MAX_BYTES;
 
 /// Most records in one chunk (its count is a `u16`).
 pub const CHUNK_MAX_EVENTS: usize = 1024;

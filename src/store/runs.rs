@@ -25,10 +25,9 @@ pub const PARTITION_BITS: u32 = 8;
 pub const PARTITIONS: usize = 1 << PARTITION_BITS;
 /// Bytes of one pair in a block: `hash` then `seq`, little-endian.
 pub const PAIR_BYTES: usize = 16;
-/// Pairs a block holds at most (but for a run of one hash): 16,320 bytes, so the
-/// leaf that carries it (a few bytes of header and its 8-byte key) fits one
-/// 16 KiB page of redb's buddy allocator instead of spilling into 32 KiB.
-pub const BLOCK_PAIRS: usize = 1020;
+/// Pairs a block holds at most (but for a run of one hash): one page's worth
+/// (`schema::PAGE_VALUE_MAX_BYTES`, 1,020 pairs).
+pub const BLOCK_PAIRS: usize = super::schema::PAGE_VALUE_MAX_BYTES / PAIR_BYTES;
 
 pub type RunTable<'txn> = Table<'txn, u64, &'static [u8]>;
 

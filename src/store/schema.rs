@@ -6,6 +6,11 @@ use redb::TableDefinition;
 
 /// `first seq -> chunk` of up to 64 consecutive records (`codec::ChunkBuilder`,
 /// each a bincode `codec::Record`). Append-only, in arrival order.
+/// The largest value whose leaf (an 8-byte key and a few bytes of header) fits
+/// one 16 KiB page. redb gives a value a power-of-two page, so one just past
+/// this would take 32 KiB. Run blocks and event chunks are sized to it.
+pub const PAGE_VALUE_MAX_BYTES: usize = 16_320;
+
 pub const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// `(topic_id, first seq) -> packed seqs`: per-topic arrival order, for

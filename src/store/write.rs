@@ -166,7 +166,7 @@ impl Store {
         for block in pairs.chunks(runs::BLOCK_PAIRS) {
             log.insert(block[0].1, runs::encode_pairs(block).as_slice())?;
         }
-        drop(log);
+        drop(log); // the log merge slice opens the table again
         let merged_slice = self.write_merge_slice(txn)?;
         let moved_slice = self.write_tree_slice(txn)?;
         next.unique += pairs.len() as u64;
