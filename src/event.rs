@@ -19,16 +19,54 @@ pub const MAX_FIELD_BYTES: usize = 255;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Seq(pub u64);
 
-/// A validated event, ready to be keyed and stored. Field values are kept exactly as sent.
+/// A validated event, ready to be keyed and stored. Field values are kept exactly
+/// as sent, borrowed from the request body (owned only where the JSON string had
+/// escapes, or once [`Event::into_owned`] copied them): nothing of an event is
+/// copied before its duplicate decision, and a duplicate is never copied.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub topic: String,
-    pub event_id: String,
+pub struct Event<'a> {
+    pub topic: Cow<'a, str>,
+    pub event_id: Cow<'a, str>,
     /// The original timestamp string, or the server's receive time when absent.
-    pub timestamp: String,
-    pub source: String,
+    pub timestamp: Cow<'a, str>,
+    pub source: Cow<'a, str>,
     /// The payload object's raw JSON text, byte-for-byte as sent (`{}` when absent).
-    pub payload: String,
+    pub payload: Cow<'a, str>,
+}
+
+impl Event<'_> {
+    /// The same event, owning its text (for a body decoded on a blocking thread).
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            topic: Cow::Owned(self.topic.into_owned()),
+            event_id: Cow::Owned(self.event_id.into_owned()),
+            timestamp: Cow::Owned(self.timestamp.into_owned()),
+            source: Cow::Owned(self.source.into_owned()),
+            payload: Cow::Owned(self.payload.into_owned()),
+        }
+    }
+}
+
+/// The dedup key's parts as a request holds them, borrowed, with their hash:
+/// what the window is probed with, so that a duplicate it decides costs no
+/// allocation. An [`EventKey`] is made from it only for a key to be claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef<'a> {
+    pub hash: u64,
+    pub topic: &'a str,
+    pub event_id: &'a str,
+}
+
+impl<'a> From<&'a EventKey> for KeyRef<'a> {
+    fn from(key: &'a EventKey) -> Self {
+        KeyRef { hash: key.hash, topic: key.topic(), event_id: key.event_id() }
+    }
+}
+
+impl From<KeyRef<'_>> for EventKey {
+    fn from(key: KeyRef<'_>) -> Self {
+        EventKey::with_hash(key.hash, key.topic, key.event_id)
+    }
 }
 
 /// The dedup key `(topic, event_id)`, compared by exact bytes, with its 64-bit hash
@@ -47,7 +85,9 @@ pub struct EventKey {
 impl EventKey {
     pub fn new(hasher: KeyHasher, topic: impl AsRef<str>, event_id: impl AsRef<str>) -> Self {
         let (topic, event_id) = (topic.as_ref(), event_id.as_ref());
-        let hash = hasher.hash(topic, event_id);
+        EventKey::with_hash(hasher.hash(topic, event_id), topic, event_id)
+    }
+    fn with_hash(hash: u64, topic: &str, event_id: &str) -> Self {
         let split = u32::try_from(topic.len()).expect("topics are validated to at most 255 bytes");
         let mut text = String::with_capacity(topic.len() + event_id.len());
         text.push_str(topic);
@@ -58,7 +98,11 @@ impl EventKey {
     /// that lookups compare bytes.
     #[cfg(test)]
     pub fn with_hash_for_tests(hash: u64, topic: &str, event_id: &str) -> Self {
-        EventKey { hash, ..EventKey::new(KeyHasher::new(0), topic, event_id) }
+        EventKey::with_hash(hash, topic, event_id)
+    }
+    /// Its parts, borrowed (what the window compares).
+    pub fn parts(&self) -> KeyRef<'_> {
+        KeyRef::from(self)
     }
     /// The seeded hash: what the Bloom filter and the on-disk index are keyed by.
     pub fn hash(&self) -> u64 {
@@ -107,6 +151,10 @@ pub struct KeyHasher {
 impl KeyHasher {
     pub fn new(seed: u64) -> Self {
         KeyHasher { seed }
+    }
+    /// The key `(topic, event_id)` with its hash, borrowing both parts.
+    pub fn key<'a>(&self, topic: &'a str, event_id: &'a str) -> KeyRef<'a> {
+        KeyRef { hash: self.hash(topic, event_id), topic, event_id }
     }
     /// Chained: the topic's hash seeds the event id's, so `("ab", "c")` and
     /// `("a", "bc")` are different keys.
@@ -261,5 +309,14 @@ mod tests {
         assert_ne!(a, EventKey::new(h, "u", "id-1"));
         assert_ne!(h.hash("ab", "c"), h.hash("a", "bc"));
         assert_ne!(KeyHasher::new(8).hash("t", "id-1"), a.hash());
+    }
+
+    #[test]
+    fn a_borrowed_key_and_its_owned_copy_are_the_same_key() {
+        let h = KeyHasher::new(7);
+        let borrowed = h.key("t", "id-1");
+        let owned = EventKey::from(borrowed);
+        assert_eq!(owned, EventKey::new(h, "t", "id-1"));
+        assert_eq!(owned.parts(), borrowed);
     }
 }

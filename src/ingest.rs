@@ -47,12 +47,13 @@ pub struct Ingest {
     pub when_full: WhenFull,
 }
 
-/// How one event of the request was decided.
+/// How one event of the request was decided. `New` and `Check` carry the
+/// position of the event's owned key in the request's `ClaimSet`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Decision {
-    New,
+    New(usize),
     /// Claimed, but the filter has seen its hash: needs the exact disk check.
-    Check,
+    Check(usize),
     Duplicate,
 }
 
@@ -77,30 +78,23 @@ impl Queued {
 impl Ingest {
     /// Key, claim, decide (the disk check included) and queue one request's
     /// events. Cancel-safe: dropped at any await, its claims are released.
-    pub async fn queue(&self, events: Vec<Event>, ack: AckMode) -> Result<Queued, IngestError> {
+    /// Only claimed keys and new records are copied out of `events`.
+    pub async fn queue(&self, events: Vec<Event<'_>>, ack: AckMode) -> Result<Queued, IngestError> {
         let received = events.len();
         let received_at_us = chrono::Utc::now().timestamp_micros();
-        // The key takes the event's topic and id (moved, not copied).
-        let (keys, bodies): (Vec<EventKey>, Vec<Body>) = events
-            .into_iter()
-            .map(|e| {
-                let key = EventKey::new(self.hasher, e.topic, e.event_id);
-                (key, Body { timestamp: e.timestamp, source: e.source, payload: e.payload })
-            })
-            .unzip();
         let ticket = Ticket::new();
         let mut claims = ClaimSet::with_capacity(self.dedup.clone(), ticket.clone(), received);
         let mut tally = DedupTally::default();
-        let (mut decisions, twins) = self.claim_all(&keys, &ticket, &mut claims, &mut tally);
-        self.check_on_disk(&keys, &mut decisions, &mut tally).await?;
+        let (mut decisions, twins) = self.claim_all(&events, &ticket, &mut claims, &mut tally);
+        self.check_on_disk(claims.keys(), &mut decisions, &mut tally).await?;
         self.stats.dedup_decided(&tally);
 
-        let new = decisions.iter().filter(|d| **d == Decision::New).count();
+        let new = decisions.iter().filter(|d| matches!(d, Decision::New(_))).count();
         let mut records = Vec::with_capacity(new);
         let mut duplicate_indices = Vec::with_capacity(received - new);
         for (i, decision) in decisions.iter().enumerate() {
-            match decision {
-                Decision::New => records.push(new_record(&keys[i], &bodies[i], received_at_us)),
+            match *decision {
+                Decision::New(k) => records.push(new_record(&claims.keys()[k], &events[i], received_at_us)),
                 _ => duplicate_indices.push(i),
             }
         }
@@ -121,21 +115,20 @@ impl Ingest {
     /// event's first decision and the distinct tickets of in-flight twins.
     fn claim_all(
         &self,
-        keys: &[EventKey],
+        events: &[Event<'_>],
         ticket: &Arc<Ticket>,
         claims: &mut ClaimSet,
         tally: &mut DedupTally,
     ) -> (Vec<Decision>, Vec<Arc<Ticket>>) {
-        let mut decisions = Vec::with_capacity(keys.len());
+        let mut decisions = Vec::with_capacity(events.len());
         let mut twins: Vec<Arc<Ticket>> = Vec::new();
-        let mut won = Vec::with_capacity(keys.len());
         let mut in_memory = 0;
-        for key in keys {
+        for event in events {
+            let key = self.hasher.key(&event.topic, &event.event_id);
             let decision = match self.dedup.claim(key, ticket) {
-                Claim::Won => {
-                    claims.push(key.clone());
-                    won.push(decisions.len());
-                    Decision::New
+                Claim::Won(owned) => {
+                    claims.push(owned);
+                    Decision::New(claims.keys().len() - 1)
                 }
                 Claim::SameRequest | Claim::Stored => Decision::Duplicate,
                 Claim::InFlightTwin(twin) => {
@@ -149,14 +142,16 @@ impl Ingest {
             in_memory += u64::from(decision == Decision::Duplicate);
             decisions.push(decision);
         }
-        let candidates: Vec<&EventKey> = won.iter().map(|&i| &keys[i]).collect();
-        let maybe = self.dedup.maybe_stored(&candidates);
+        let won: Vec<&EventKey> = claims.keys().iter().collect();
+        let maybe = self.dedup.maybe_stored(&won);
         let mut negatives = 0;
-        for (&i, maybe) in won.iter().zip(maybe) {
-            if maybe {
-                decisions[i] = Decision::Check;
-            } else {
-                negatives += 1;
+        for decision in &mut decisions {
+            if let Decision::New(k) = *decision {
+                if maybe[k] {
+                    *decision = Decision::Check(k);
+                } else {
+                    negatives += 1;
+                }
             }
         }
         tally.in_memory = in_memory;
@@ -165,22 +160,29 @@ impl Ingest {
     }
 
     /// Resolve every `Check` with one read transaction on a blocking thread.
+    /// `claimed` are the request's owned keys, which the decisions point into.
     async fn check_on_disk(
         &self,
-        keys: &[EventKey],
+        claimed: &[EventKey],
         decisions: &mut [Decision],
         tally: &mut DedupTally,
     ) -> Result<(), IngestError> {
-        let to_check: Vec<usize> = (0..keys.len()).filter(|&i| decisions[i] == Decision::Check).collect();
+        // (event, its key's position in `claimed`) of every check.
+        let to_check: Vec<(usize, usize)> = (decisions.iter().enumerate())
+            .filter_map(|(i, d)| match *d {
+                Decision::Check(k) => Some((i, k)),
+                _ => None,
+            })
+            .collect();
         if to_check.is_empty() {
             return Ok(());
         }
-        let lookup: Vec<EventKey> = to_check.iter().map(|&i| keys[i].clone()).collect();
+        let lookup: Vec<EventKey> = to_check.iter().map(|&(_, k)| claimed[k].clone()).collect();
         let store = self.store.clone();
         let found = tokio::task::spawn_blocking(move || store.contains(&lookup)).await??;
         let mut on_disk = 0;
-        for (&i, found) in to_check.iter().zip(found) {
-            decisions[i] = if found { Decision::Duplicate } else { Decision::New };
+        for (&(i, k), found) in to_check.iter().zip(found) {
+            decisions[i] = if found { Decision::Duplicate } else { Decision::New(k) };
             on_disk += u64::from(found);
         }
         tally.on_disk = on_disk;
@@ -210,20 +212,13 @@ async fn await_ack(ticket: &Ticket, twins: &[Arc<Ticket>], ack: AckMode) -> Resu
     }
 }
 
-/// The rest of an event once its topic and id went into its key.
-struct Body {
-    timestamp: String,
-    source: String,
-    payload: String,
-}
-
-fn new_record(key: &EventKey, body: &Body, received_at_us: i64) -> NewRecord {
+fn new_record(key: &EventKey, event: &Event<'_>, received_at_us: i64) -> NewRecord {
     let bytes = codec::encode(&codec::Record {
         topic: key.topic(),
         event_id: key.event_id(),
-        timestamp: &body.timestamp,
-        source: &body.source,
-        payload: &body.payload,
+        timestamp: &event.timestamp,
+        source: &event.source,
+        payload: &event.payload,
         received_at_us,
     });
     NewRecord { key: key.clone(), bytes }

@@ -116,7 +116,7 @@ mod tests {
         let records = ids
             .iter()
             .map(|id| {
-                assert!(matches!(rig.dedup.claim(&key(id), ticket), Claim::Won));
+                assert!(matches!(rig.dedup.claim(&key(id), ticket), Claim::Won(_)));
                 claims.push(key(id));
                 NewRecord { key: key(id), bytes: Vec::new() }
             })
@@ -155,7 +155,7 @@ mod tests {
             assert_eq!(rig.dedup.recent_len(), (n + 1).min(2));
         }
         // "1" went first; it is still in the filter, so it goes to the disk check.
-        assert!(matches!(rig.dedup.claim(&key("1"), &Ticket::new()), Claim::Won));
+        assert!(matches!(rig.dedup.claim(&key("1"), &Ticket::new()), Claim::Won(_)));
         assert!(matches!(rig.dedup.claim(&key("3"), &Ticket::new()), Claim::Stored));
     }
 }

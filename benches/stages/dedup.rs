@@ -69,13 +69,12 @@ fn hot_path(c: &mut Criterion) {
                     |keys| {
                         let ticket = Ticket::new();
                         let mut claims = ClaimSet::new(dedup.clone(), ticket.clone());
-                        let mut won = Vec::new();
                         for k in &keys {
-                            if let Claim::Won = dedup.claim(k, &ticket) {
-                                claims.push(k.clone());
-                                won.push(k);
+                            if let Claim::Won(owned) = dedup.claim(k, &ticket) {
+                                claims.push(owned);
                             }
                         }
+                        let won: Vec<&EventKey> = claims.keys().iter().collect();
                         let maybe = dedup.maybe_stored(&won);
                         drop(claims);
                         maybe

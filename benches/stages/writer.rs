@@ -101,7 +101,7 @@ fn queued_request(dedup: &Arc<Deduper>, keys: Vec<EventKey>) -> QueuedRequest {
     let mut claims = ClaimSet::new(dedup.clone(), ticket.clone());
     let mut records = Vec::with_capacity(keys.len());
     for key in keys {
-        assert!(matches!(dedup.claim(&key, &ticket), Claim::Won));
+        assert!(matches!(dedup.claim(&key, &ticket), Claim::Won(_)));
         claims.push(key.clone());
         records.push(NewRecord { bytes: fixtures::record(&key), key });
     }

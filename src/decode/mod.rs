@@ -6,7 +6,8 @@
 //!
 //! Called by `http::publish`. Pure and sync. It promises that a body either
 //! becomes a complete `Vec<Event>` or is refused as a whole, with every bad
-//! index and field named; it never stops at the first bad event.
+//! index and field named; it never stops at the first bad event. The events
+//! borrow their text from the body: decoding copies no field without escapes.
 
 mod content;
 mod validate;
@@ -47,12 +48,12 @@ pub enum DecodeError {
 
 /// Decode and validate a whole (decompressed) body. `now` is the timestamp given to
 /// events that carry none.
-pub fn decode(
+pub fn decode<'a>(
     format: BodyFormat,
-    body: &[u8],
+    body: &'a [u8],
     limits: &Limits,
-    now: &str,
-) -> Result<Vec<Event>, DecodeError> {
+    now: &'a str,
+) -> Result<Vec<Event<'a>>, DecodeError> {
     let items = match format {
         BodyFormat::Json => parse_json(body, limits.max_batch_events)?,
         BodyFormat::Ndjson => parse_ndjson(body)?,
@@ -118,7 +119,7 @@ mod tests {
     const LIMITS: Limits = Limits { max_body_bytes: 1 << 20, max_batch_events: 100, max_payload_bytes: 64 };
     const NOW: &str = "2026-11-21T00:00:00Z";
 
-    fn json(body: &str) -> Result<Vec<Event>, DecodeError> {
+    fn json(body: &str) -> Result<Vec<Event<'_>>, DecodeError> {
         decode(BodyFormat::Json, body.as_bytes(), &LIMITS, NOW)
     }
 
@@ -175,7 +176,19 @@ mod tests {
     #[test]
     fn escaped_strings_are_unescaped() {
         let evs = json(r#"{"topic":"caf\u00e9","event_id":"a\"b"}"#).unwrap();
-        assert_eq!((evs[0].topic.as_str(), evs[0].event_id.as_str()), ("café", "a\"b"));
+        assert_eq!((&*evs[0].topic, &*evs[0].event_id), ("café", "a\"b"));
+    }
+
+    /// Decoding copies nothing but what had escapes: duplicates cost no copy.
+    #[test]
+    fn fields_borrow_from_the_body_unless_escaped() {
+        use std::borrow::Cow;
+        let body = r#"{"topic":"t","event_id":"a\"b","timestamp":"2026-11-21T10:00:00Z","payload":{"x":1}}"#;
+        let ev = &json(body).unwrap()[0];
+        assert!(matches!(ev.topic, Cow::Borrowed("t")));
+        assert!(matches!(ev.event_id, Cow::Owned(_)), "unescaped into a copy");
+        assert!(matches!(ev.timestamp, Cow::Borrowed(_)) && matches!(ev.payload, Cow::Borrowed(_)));
+        assert_eq!(ev.clone().into_owned(), *ev);
     }
 
     #[test]

@@ -45,8 +45,15 @@ impl Errors {
     }
 }
 
-impl WireItem<'_> {
-    pub(super) fn validate(self, index: usize, limits: &Limits, now: &str) -> Result<Event, Vec<FieldError>> {
+impl<'a> WireItem<'a> {
+    /// The event, borrowing its fields from the body (and `now`, the timestamp
+    /// of an event without one).
+    pub(super) fn validate(
+        self,
+        index: usize,
+        limits: &Limits,
+        now: &'a str,
+    ) -> Result<Event<'a>, Vec<FieldError>> {
         let mut errs = Errors { index, list: Vec::new() };
         let ev = match self {
             WireItem::Event(ev) => ev,
@@ -62,11 +69,11 @@ impl WireItem<'_> {
         let payload = check_payload(&mut errs, ev.payload, limits.max_payload_bytes);
         match (topic, event_id, errs.list.is_empty()) {
             (Some(topic), Some(event_id), true) => Ok(Event {
-                topic: topic.into_owned(),
-                event_id: event_id.into_owned(),
-                timestamp: timestamp.map_or_else(|| now.to_owned(), Cow::into_owned),
-                source: source.map(Cow::into_owned).unwrap_or_default(),
-                payload: payload.unwrap_or("{}").to_owned(),
+                topic,
+                event_id,
+                timestamp: timestamp.unwrap_or(Cow::Borrowed(now)),
+                source: source.unwrap_or_default(),
+                payload: Cow::Borrowed(payload.unwrap_or("{}")),
             }),
             _ => Err(errs.list),
         }

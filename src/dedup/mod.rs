@@ -32,7 +32,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
 use crate::ack::{FailReason, Progress, Ticket};
-use crate::event::{BuildKeyHasher, EventKey};
+use crate::event::{BuildKeyHasher, EventKey, KeyRef};
 use window::Window;
 
 /// Shards of the in-flight map. dashmap's default is four per core (8 here):
@@ -46,8 +46,9 @@ const FILTER_SET_CHUNK: usize = 256;
 /// The answer of [`Deduper::claim`] for one key.
 #[derive(Debug)]
 pub enum Claim {
-    /// This request now owns the key: it is new unless the filter and disk say otherwise.
-    Won,
+    /// This request now owns the key (here its owned copy, the only one the
+    /// claim made): it is new unless the filter and disk say otherwise.
+    Won(EventKey),
     /// Already claimed earlier in this same request.
     SameRequest,
     /// Known and durable: a duplicate decided in memory.
@@ -146,17 +147,20 @@ impl Deduper {
 
     /// Handlers: atomically claim `key` for the request holding `ticket`.
     /// A key found in the window is stored, whatever else happens (the fast
-    /// path of a replay); a miss is checked again under the key's entry, which
-    /// the settler's handover needs (module doc, "Handover").
-    pub fn claim(&self, key: &EventKey, ticket: &Arc<Ticket>) -> Claim {
+    /// path of a replay, which copies nothing); a miss is copied into an owned
+    /// key and checked again under its entry, which the settler's handover
+    /// needs (module doc, "Handover").
+    pub fn claim<'k>(&self, key: impl Into<KeyRef<'k>>, ticket: &Arc<Ticket>) -> Claim {
+        let key = key.into();
         if self.window.contains(key) {
             return Claim::Stored;
         }
-        match self.in_flight.entry(key.clone()) {
+        let owned = EventKey::from(key);
+        match self.in_flight.entry(owned.clone()) {
             Entry::Vacant(_) if self.window.contains(key) => Claim::Stored,
             Entry::Vacant(v) => {
                 v.insert(ticket.clone());
-                Claim::Won
+                Claim::Won(owned)
             }
             Entry::Occupied(o) if Arc::ptr_eq(o.get(), ticket) => Claim::SameRequest,
             Entry::Occupied(o) => Claim::InFlightTwin(o.get().clone()),
@@ -200,7 +204,7 @@ impl Deduper {
     /// the key, claimed by `ticket`, is durable. The window takes it first, then
     /// `in_flight` lets go of it (the handover); the window evicts its oldest.
     fn mark_stored(&self, key: &EventKey, ticket: &Arc<Ticket>) {
-        self.window.insert(key);
+        self.window.insert(key.parts());
         self.release(key, ticket);
     }
 
@@ -307,7 +311,7 @@ mod tests {
     fn first_claim_wins_and_later_ones_see_the_twin() {
         let d = dedup(10);
         let (a, b) = (Ticket::new(), Ticket::new());
-        assert!(matches!(d.claim(&key("1"), &a), Claim::Won));
+        assert!(matches!(d.claim(&key("1"), &a), Claim::Won(_)));
         assert!(matches!(d.claim(&key("1"), &a), Claim::SameRequest));
         match d.claim(&key("1"), &b) {
             Claim::InFlightTwin(t) => assert!(Arc::ptr_eq(&t, &a)),
@@ -320,11 +324,11 @@ mod tests {
         let d = dedup(10);
         let a = Ticket::new();
         let mut set = ClaimSet::new(d.clone(), a.clone());
-        assert!(matches!(d.claim(&key("1"), &a), Claim::Won));
+        assert!(matches!(d.claim(&key("1"), &a), Claim::Won(_)));
         set.push(key("1"));
         drop(set);
         assert_eq!(a.progress(), Progress::Failed(FailReason::Abandoned));
-        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won));
+        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won(_)));
     }
 
     #[test]
@@ -416,7 +420,7 @@ mod tests {
         assert!(matches!(d.claim(&key("2"), &Ticket::new()), Claim::Stored));
         assert!(matches!(d.claim(&key("3"), &Ticket::new()), Claim::Stored));
         // Evicted keys are still known to the filter, so they go to the disk check.
-        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won));
+        assert!(matches!(d.claim(&key("1"), &Ticket::new()), Claim::Won(_)));
         assert_eq!(d.maybe_stored(&[&key("1")]), vec![true]);
     }
 
@@ -430,7 +434,7 @@ mod tests {
             .iter()
             .map(|k| {
                 let t = Ticket::new();
-                assert!(matches!(d.claim(k, &t), Claim::Won));
+                assert!(matches!(d.claim(k, &t), Claim::Won(_)));
                 let mut set = ClaimSet::new(d.clone(), t);
                 set.push(k.clone());
                 set
@@ -445,7 +449,7 @@ mod tests {
             });
             for k in keys.iter().cycle().take(200_000) {
                 let claim = d.claim(k, &Ticket::new());
-                assert!(!matches!(claim, Claim::Won), "{k:?} claimed while being stored");
+                assert!(!matches!(claim, Claim::Won(_)), "{k:?} claimed while being stored");
             }
         });
         assert!(keys.iter().all(|k| matches!(d.claim(k, &Ticket::new()), Claim::Stored)));

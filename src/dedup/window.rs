@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use hashbrown::HashTable;
 
-use crate::event::EventKey;
+use crate::event::KeyRef;
 
 /// Arena chunk size. A record is at most `RECORD_FIXED + 2 * 255` bytes, so a
 /// chunk's unused tail wastes under 3 %.
@@ -54,15 +54,15 @@ impl Window {
     }
 
     /// Whether `key` is one of the window's stored keys.
-    pub fn contains(&self, key: &EventKey) -> bool {
-        self.shard(key.hash()).contains(key)
+    pub fn contains(&self, key: KeyRef<'_>) -> bool {
+        self.shard(key.hash).contains(key)
     }
 
     /// Settler only: `key` is stored. Past the shard's capacity its oldest key
     /// leaves. The key must not be in the window already (only a key that won
     /// its claim while absent from the window is ever inserted).
-    pub fn insert(&self, key: &EventKey) {
-        let mut shard = self.shard(key.hash());
+    pub fn insert(&self, key: KeyRef<'_>) {
+        let mut shard = self.shard(key.hash);
         debug_assert!(!shard.contains(key), "{key:?} inserted twice");
         shard.insert(key);
         while shard.table.len() > self.shard_capacity {
@@ -107,15 +107,14 @@ struct Shard {
 }
 
 impl Shard {
-    fn contains(&self, key: &EventKey) -> bool {
-        let hash = key.hash();
-        self.table.find(hash, |&at| self.arena.holds(at, hash, key)).is_some()
+    fn contains(&self, key: KeyRef<'_>) -> bool {
+        self.table.find(key.hash, |&at| self.arena.holds(at, key)).is_some()
     }
 
-    fn insert(&mut self, key: &EventKey) {
+    fn insert(&mut self, key: KeyRef<'_>) {
         let at = self.arena.push(key);
         let arena = &self.arena;
-        self.table.insert_unique(key.hash(), at, |&at| arena.hash_at(at));
+        self.table.insert_unique(key.hash, at, |&at| arena.hash_at(at));
     }
 
     /// Drop the oldest record and its slot. Only called with a record there.
@@ -147,8 +146,8 @@ struct Arena {
 
 impl Arena {
     /// Append `key`'s record; returns where it starts.
-    fn push(&mut self, key: &EventKey) -> u64 {
-        let (topic, id) = (key.topic().as_bytes(), key.event_id().as_bytes());
+    fn push(&mut self, key: KeyRef<'_>) -> u64 {
+        let (topic, id) = (key.topic.as_bytes(), key.event_id.as_bytes());
         let len = RECORD_FIXED + topic.len() + id.len();
         if self.chunks.back().is_none_or(|chunk| chunk.len() + len > CHUNK_BYTES) {
             self.chunks.push_back(Vec::with_capacity(CHUNK_BYTES));
@@ -156,7 +155,7 @@ impl Arena {
         let chunk_no = self.first_chunk + self.chunks.len() as u64 - 1;
         let chunk = self.chunks.back_mut().expect("just ensured");
         let at = chunk_no * CHUNK_BYTES as u64 + chunk.len() as u64;
-        chunk.extend_from_slice(&key.hash().to_le_bytes());
+        chunk.extend_from_slice(&key.hash.to_le_bytes());
         // Both fit: validation bounds topic and event id to 255 bytes.
         chunk.extend_from_slice(&[topic.len() as u8, id.len() as u8]);
         chunk.extend_from_slice(topic);
@@ -173,13 +172,13 @@ impl Arena {
         u64::from_le_bytes(self.record(at)[..8].try_into().expect("8 bytes"))
     }
 
-    /// Whether the record at `at` is `key` (whose hash is `hash`), byte for byte.
-    fn holds(&self, at: u64, hash: u64, key: &EventKey) -> bool {
+    /// Whether the record at `at` is `key`, byte for byte.
+    fn holds(&self, at: u64, key: KeyRef<'_>) -> bool {
         let record = self.record(at);
-        let (topic, id) = (key.topic().as_bytes(), key.event_id().as_bytes());
+        let (topic, id) = (key.topic.as_bytes(), key.event_id.as_bytes());
         let (topic_len, id_len) = (record[8] as usize, record[9] as usize);
         let text = &record[RECORD_FIXED..];
-        self.hash_at(at) == hash
+        self.hash_at(at) == key.hash
             && (topic_len, id_len) == (topic.len(), id.len())
             && text[..topic_len] == *topic
             && text[topic_len..topic_len + id_len] == *id
@@ -214,7 +213,7 @@ impl Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::KeyHasher;
+    use crate::event::{EventKey, KeyHasher};
 
     fn key(topic: &str, id: &str) -> EventKey {
         EventKey::new(KeyHasher::new(7), topic, id)
@@ -223,18 +222,18 @@ mod tests {
     #[test]
     fn stored_keys_are_found_by_their_exact_bytes() {
         let window = Window::new(100);
-        window.insert(&key("ab", "c"));
-        assert!(window.contains(&key("ab", "c")));
-        assert!(!window.contains(&key("a", "bc")), "another split of the same text");
-        assert!(!window.contains(&key("ab", "d")));
+        window.insert(key("ab", "c").parts());
+        assert!(window.contains(key("ab", "c").parts()));
+        assert!(!window.contains(key("a", "bc").parts()), "another split of the same text");
+        assert!(!window.contains(key("ab", "d").parts()));
         assert_eq!(window.len(), 1);
     }
 
     #[test]
     fn a_window_of_capacity_zero_keeps_nothing() {
         let window = Window::new(0);
-        window.insert(&key("t", "1"));
-        assert!(!window.contains(&key("t", "1")));
+        window.insert(key("t", "1").parts());
+        assert!(!window.contains(key("t", "1").parts()));
         assert_eq!(window.len(), 0);
     }
 
@@ -244,11 +243,11 @@ mod tests {
     fn a_hash_collision_is_never_a_match() {
         let window = Window::new(100);
         let stored = key("t", "1");
-        window.insert(&stored);
+        window.insert(stored.parts());
         let other = EventKey::with_hash_for_tests(stored.hash(), "t", "2");
-        assert!(!window.contains(&other));
-        window.insert(&other);
-        assert!(window.contains(&other) && window.contains(&stored));
+        assert!(!window.contains(other.parts()));
+        window.insert(other.parts());
+        assert!(window.contains(other.parts()) && window.contains(stored.parts()));
     }
 
     #[test]
@@ -257,11 +256,11 @@ mod tests {
         let window = Window::new(1000);
         let keys: Vec<EventKey> = (0..5000).map(|i| key("topic", &format!("event-{i:08}"))).collect();
         for k in &keys {
-            window.insert(k);
+            window.insert(k.parts());
         }
         assert_eq!(window.len(), 1000);
-        assert!(keys[..4000].iter().all(|k| !window.contains(k)), "the oldest 4000 left");
-        assert!(keys[4000..].iter().all(|k| window.contains(k)), "the newest 1000 stay");
+        assert!(keys[..4000].iter().all(|k| !window.contains(k.parts())), "the oldest 4000 left");
+        assert!(keys[4000..].iter().all(|k| window.contains(k.parts())), "the newest 1000 stay");
         // 1000 records of 29 bytes: 2 chunks live, the rest were popped.
         assert!(window.heap_bytes() < 4 * CHUNK_BYTES + (64 << 10), "{} bytes", window.heap_bytes());
     }
@@ -272,11 +271,12 @@ mod tests {
         let window = Window::new(capacity);
         let keys: Vec<EventKey> = (0..2 * capacity).map(|i| key("t", &i.to_string())).collect();
         for k in &keys {
-            window.insert(k);
+            window.insert(k.parts());
         }
         let kept = window.len();
         assert!(kept <= capacity && kept > capacity * 97 / 100, "kept {kept} of {capacity}");
-        let newest_found = keys[capacity + capacity / 10..].iter().filter(|k| window.contains(k)).count();
+        let newest_found =
+            keys[capacity + capacity / 10..].iter().filter(|k| window.contains(k.parts())).count();
         assert!(newest_found > (capacity - capacity / 10) * 99 / 100, "newest mostly kept: {newest_found}");
     }
 
@@ -287,7 +287,7 @@ mod tests {
         let capacity = 1 << 20;
         let window = Window::new(capacity);
         for i in 0..capacity {
-            window.insert(&key(&format!("topic-{}", i % 16), &format!("{:036}", i)));
+            window.insert(key(&format!("topic-{}", i % 16), &format!("{:036}", i)).parts());
         }
         let per_key = window.heap_bytes() as f64 / window.len() as f64;
         assert!(per_key < 80.0, "{per_key:.1} bytes per key");

@@ -20,11 +20,13 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ErrorBody};
 use super::state::SharedState;
 use crate::ack::AckMode;
-use crate::decode::{self, BodyFormat, ContentError, Encoding, Limits};
+use crate::decode::{self, BodyFormat, ContentError, Encoding};
 use crate::event::Event;
 use crate::ingest::Queued;
 
-/// Bodies larger than this are decoded on a blocking thread, off the executor.
+/// Bodies larger than this are decoded on a blocking thread, off the executor,
+/// and their events copied out of it; smaller ones are decoded in place and
+/// their events borrow from the body.
 const INLINE_DECODE_BYTES: usize = 256 * 1024;
 
 /// One event. The dedup key is `(topic, event_id)`, exact bytes.
@@ -168,13 +170,19 @@ async fn read_decode_and_queue(
 ) -> Result<Queued, ApiError> {
     let limits = state.limits;
     let bytes = read_body(body, limits.max_body_bytes).await?;
-    let events = if bytes.len() <= INLINE_DECODE_BYTES {
-        decode_body(format, encoding, &bytes, &limits)?
-    } else {
-        tokio::task::spawn_blocking(move || decode_body(format, encoding, &bytes, &limits))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
-    };
+    if bytes.len() > INLINE_DECODE_BYTES {
+        let events = tokio::task::spawn_blocking(move || {
+            let (plain, now) = (decode::decompress(encoding, &bytes, limits.max_body_bytes)?, now());
+            let events = decode::decode(format, &plain, &limits, &now)?;
+            Ok::<_, ApiError>(events.into_iter().map(Event::into_owned).collect::<Vec<_>>())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        return Ok(state.ingest.queue(events, ack).await?);
+    }
+    // The events borrow from `plain` (and `now`) until they are queued.
+    let (plain, now) = (decode::decompress(encoding, &bytes, limits.max_body_bytes)?, now());
+    let events = decode::decode(format, &plain, &limits, &now)?;
     Ok(state.ingest.queue(events, ack).await?)
 }
 
@@ -186,20 +194,15 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ContentError> {
     }
 }
 
-fn decode_body(
-    format: BodyFormat,
-    encoding: Encoding,
-    bytes: &[u8],
-    limits: &Limits,
-) -> Result<Vec<Event>, ApiError> {
-    let plain = decode::decompress(encoding, bytes, limits.max_body_bytes)?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    decode::decode(format, &plain, limits, &now).map_err(ApiError::from)
+/// The timestamp of events sent without one: the receive time.
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::Limits;
 
     /// The documented request types and the lenient decoder agree: whatever the
     /// types serialize is accepted, payload bytes included.
@@ -222,7 +225,7 @@ mod tests {
             let bytes = serde_json::to_vec(&body).unwrap();
             let events = decode::decode(BodyFormat::Json, &bytes, &limits, "now").unwrap();
             assert_eq!(events.len(), n);
-            assert_eq!((events[0].payload.as_str(), events[0].source.as_str()), (payload.get(), ""));
+            assert_eq!((&*events[0].payload, &*events[0].source), (payload.get(), ""));
         }
     }
 }

@@ -398,7 +398,7 @@ mod tests {
         let records = new
             .iter()
             .map(|key| {
-                assert!(matches!(rig.dedup.claim(key, ticket), Claim::Won));
+                assert!(matches!(rig.dedup.claim(key, ticket), Claim::Won(_)));
                 claims.push(key.clone());
                 let record = codec::Record {
                     topic: key.topic(),
@@ -437,7 +437,7 @@ mod tests {
         let many: Vec<EventKey> = (0..6).map(|i| EventKey::new(rig.hasher, "t", i.to_string())).collect();
         // The twin claims its key first but is queued only later.
         let mut twin_claims = ClaimSet::new(rig.dedup.clone(), twin.clone());
-        assert!(matches!(rig.dedup.claim(&twin_key, &twin), Claim::Won));
+        assert!(matches!(rig.dedup.claim(&twin_key, &twin), Claim::Won(_)));
         twin_claims.push(twin_key.clone());
         let held_item = item(&rig, &held, &many, vec![twin.clone()]);
         push(&rig, held_item);

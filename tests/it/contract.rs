@@ -291,6 +291,35 @@ async fn payload_and_timestamp_come_back_byte_for_byte() {
     app.shutdown().await;
 }
 
+/// Bodies over 256 KiB are decoded on a blocking thread and their events copied
+/// out; smaller ones are read in place. Both store the same bytes, escapes undone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_and_large_bodies_store_the_same_fields() {
+    let (app, _dir) = app().await;
+    let padding = "x".repeat(200);
+    for (topic, n) in [("small", 10), ("large", 2_000)] {
+        let events: Vec<Value> = (0..n)
+            .map(|i| {
+                json!({"topic": topic, "event_id": format!("id\"{i}"), "source": "s\u{e9}",
+                            "timestamp": "2026-11-21T10:00:00Z", "payload": {"pad": padding}})
+            })
+            .collect();
+        let body = json!(events).to_string();
+        assert_eq!(body.len() > 256 << 10, topic == "large", "{} bytes", body.len());
+        let (status, body) = app.publish_bytes(body.into_bytes(), "application/json", None).await;
+        assert_eq!((status, body["stored"].as_u64()), (StatusCode::OK, Some(n)));
+        let stored = app.all_events(Some(topic)).await;
+        assert_eq!(stored.len(), n as usize);
+        let last = &stored[n as usize - 1];
+        assert_eq!(last["event_id"], format!("id\"{}", n - 1));
+        assert_eq!(
+            (last["source"].as_str(), last["payload"]["pad"].as_str()),
+            (Some("s\u{e9}"), Some(&*padding))
+        );
+    }
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_stats_report_the_contract_fields() {
     let (app, _dir) = app().await;
