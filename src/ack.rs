@@ -2,8 +2,9 @@
 //! only moves forward, `Claimed -> Queued -> Stored | Failed`, and the
 //! [`AckMode`] that says which of those a 200 waits for.
 //!
-//! Who sends: the request's handler marks `Queued` after its push; the settler
-//! marks `Stored` once the writer's commit holding the request returned; the writer
+//! Who sends: the request's handler marks `Queued` after its push; the settling
+//! of its batch (`settler`: on the settler thread, or on the writer's for a small
+//! batch) marks `Stored` once the writer's commit holding the request returned; the writer
 //! fails items (commit error, twin failed); dropping a request's `ClaimSet`
 //! (handler cancelled, queue full) marks `Failed`. Who receives: the handler
 //! itself (durable acks wait for `Stored`), any later request holding a duplicate

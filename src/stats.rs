@@ -9,7 +9,7 @@
 //! both: the path of its field. [`Counter`] and [`Gauge`] mark each field's kind.
 //!
 //! `unique_processed` and `duplicate_dropped` start from the persisted counters
-//! and are bumped only by the settler, for batches whose commit returned: they
+//! and are bumped only by the settling of a batch whose commit returned: they
 //! equal the persisted counters and count exactly the requests whose outcome is
 //! stored. `received` is never kept: it is their sum, so
 //! `received == unique + duplicates` holds for every reader at every instant.

@@ -18,9 +18,10 @@
 //!   the window by oldest-first eviction. So an in-flight key is never forgotten,
 //!   and an evicted key is still in the filter.
 //! - **Who changes what.** Handlers claim and release (through `ClaimSet`); only
-//!   the settler thread sets filter bits and stores keys in the window (the
-//!   writer does it on its own thread only if the settler is gone); the startup
-//!   rebuild runs before either thread starts.
+//!   the settling of a committed batch (`Settler::settle`, one batch at a time in
+//!   commit order: on the settler thread, or on the writer's for a small batch
+//!   while the settler thread is idle or gone) sets filter bits and stores keys
+//!   in the window; the startup rebuild runs before either thread starts.
 
 mod window;
 
@@ -75,7 +76,7 @@ pub struct Deduper {
     /// Stored keys, the newest `recent_capacity` or so: durable and in the filter.
     window: Window,
     /// Hashes of every stored key. Readers: request handlers. Writers: the startup
-    /// rebuild, then the settler (or the writer's fallback copy of it) only.
+    /// rebuild, then the settling of each batch (module doc, "Who changes what") only.
     filter: RwLock<Bloom<u64>>,
     filter_items: AtomicU64,
     /// How startup filled the filter, for `/stats`: from a snapshot or not, and

@@ -13,8 +13,8 @@
 //! keys evenly, so the window as a whole keeps about its capacity of the newest
 //! keys; a window of at most [`KEYS_PER_SHARD`] keys has one shard and is exact.
 //!
-//! Who changes what: only the settler inserts (after the key's filter bits are
-//! set); handlers only read. Each shard has its own lock, held for one probe
+//! Who changes what: only the settling of a committed batch inserts (after the
+//! key's filter bits are set; one batch at a time, see `dedup`); handlers only read. Each shard has its own lock, held for one probe
 //! or one insert.
 
 use std::collections::VecDeque;

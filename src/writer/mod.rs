@@ -7,7 +7,9 @@
 //! in ONE transaction, commits (a batch of up to 16 MiB: its journal frame
 //! synced and redb committed without fsync, the two at once from 256 KiB on,
 //! the sync on a scoped thread; see `store`), and only then hands the batch to the `settler`
-//! thread, which sets the filter bits and releases the acks (group commit). After
+//! thread, which sets the filter bits and releases the acks (group commit); a
+//! batch of at most `SETTLE_ON_WRITER_MAX_EVENTS` it settles itself while that
+//! thread is idle (`SettlerHandle`). After
 //! `CHECKPOINT_WHEN_IDLE_FOR` without a batch, and before it exits, it makes the
 //! journaled batches durable in redb (a checkpoint).
 //! Promises:
@@ -36,13 +38,11 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::Sender;
-
 use crate::ack::{AckMode, FailReason, Progress};
 use crate::dedup::Deduper;
 use crate::metrics::Metrics;
 use crate::queue::{IngestQueue, QueuedRequest};
-use crate::settler::{CommittedBatch, Settler};
+use crate::settler::{CommittedBatch, Settler, SettlerHandle};
 use crate::stats::{BatchCommitted, Stats};
 use crate::store::{Head, Row, Store};
 use plan::{Dependencies, Verdict, plan};
@@ -90,11 +90,10 @@ pub struct Writer {
     /// A batch whose commit failed while the disk cannot yet say whether it
     /// reached it (see `recovery`).
     uncertain: Option<Uncertain>,
-    /// The writer's end of the settler's channel: committed batches go here.
+    /// The writer's end of the settler's channel: committed batches go here
+    /// (or, small ones while the settler thread is idle, are settled here).
     /// Dropped when the writer is, which ends the settler thread.
-    settle_tx: Sender<CommittedBatch>,
-    /// Settles on this thread, only should the settler thread be gone.
-    fallback: Settler,
+    settler: SettlerHandle,
     /// When the last batch's append returned: an idle writer checkpoints the journal.
     last_write: Instant,
 }
@@ -145,10 +144,10 @@ pub enum Round {
 pub fn spawn(parts: WriterParts) -> std::io::Result<WriterThreads> {
     let stats = parts.stats.clone();
     let settler = settler_for(&parts);
-    let (settle_tx, settler) = settler.spawn()?;
+    let (handle, settler) = settler.spawn()?;
     stats.writer_started();
     let writer = thread::Builder::new().name("writer".into()).spawn(move || {
-        Writer::new(parts, settle_tx).run();
+        Writer::new(parts, handle).run();
     });
     match writer {
         Ok(writer) => Ok(WriterThreads { writer, settler }),
@@ -164,9 +163,8 @@ fn settler_for(parts: &WriterParts) -> Settler {
 }
 
 impl Writer {
-    /// A writer that hands committed batches to `settle_tx`.
-    pub fn new(parts: WriterParts, settle_tx: Sender<CommittedBatch>) -> Self {
-        let fallback = settler_for(&parts);
+    /// A writer that hands committed batches to `settler`.
+    pub fn new(parts: WriterParts, settler: SettlerHandle) -> Self {
         let WriterParts { store, queue, stats, config, head, .. } = parts;
         Writer {
             store,
@@ -177,8 +175,7 @@ impl Writer {
             held: Vec::new(),
             next: None,
             uncertain: None,
-            settle_tx,
-            fallback,
+            settler,
             last_write: Instant::now(),
         }
     }
@@ -186,8 +183,8 @@ impl Writer {
     /// A writer to step on the calling thread (tests, benches), with its settler
     /// thread started; join the handle after dropping the writer.
     pub fn with_settler_thread(parts: WriterParts) -> std::io::Result<(Self, JoinHandle<()>)> {
-        let (settle_tx, settler) = settler_for(&parts).spawn()?;
-        Ok((Writer::new(parts, settle_tx), settler))
+        let (handle, settler) = settler_for(&parts).spawn()?;
+        Ok((Writer::new(parts, handle), settler))
     }
 
     fn run(mut self) {
@@ -322,13 +319,11 @@ impl Writer {
             duplicates: self.head.duplicates - before.duplicates,
             commit_us: started.elapsed().as_micros() as u64,
         };
-        if let Err(crossbeam::channel::SendError(batch)) =
-            self.settle_tx.send(CommittedBatch { items, figures })
-        {
+        if let Err(batch) = self.settler.settle(CommittedBatch { items, figures }) {
             // Only if the settler thread died. The batch is committed: settle it
             // here, never drop it (dropping would release committed keys).
             tracing::error!("settler thread gone; settling on the writer");
-            self.fallback.settle(batch);
+            self.settler.settle_here(batch);
         }
     }
 
