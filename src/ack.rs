@@ -12,9 +12,9 @@
 //! this one's outcome is known, and the writer, which reads twins' progress to
 //! decide whether an item may be written.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// How far a request has got. Ordered: a final state never goes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,39 +73,52 @@ pub enum FailReason {
 }
 
 /// One per request. Shared (`Arc`) by the handler, the queued item and the recent
-/// map's in-flight slots.
+/// map's in-flight slots. Waiters only wait for a final state, so only the move
+/// to one wakes them (a `watch` channel woke its eight shards on every step).
 #[derive(Debug)]
 pub struct Ticket {
-    progress: watch::Sender<Progress>,
+    progress: Mutex<Progress>,
+    /// Notified once, when the progress becomes final.
+    finished: Notify,
 }
 
 impl Ticket {
     pub fn new() -> Arc<Self> {
-        Arc::new(Ticket { progress: watch::Sender::new(Progress::Claimed) })
+        Arc::new(Ticket { progress: Mutex::new(Progress::Claimed), finished: Notify::new() })
     }
 
     pub fn progress(&self) -> Progress {
-        *self.progress.borrow()
+        *self.progress.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Move forward to `next`; returns false (and changes nothing) if the ticket is
     /// already there or further.
     pub fn advance(&self, next: Progress) -> bool {
-        self.progress.send_if_modified(|p| {
-            let forward = next.rank() > p.rank();
-            if forward {
-                *p = next;
-            }
-            forward
-        })
+        let mut progress = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+        if next.rank() <= progress.rank() {
+            return false;
+        }
+        *progress = next;
+        drop(progress);
+        if next.is_final() {
+            self.finished.notify_waiters();
+        }
+        true
     }
 
-    /// Wait until the progress is final.
+    /// Wait until the progress is final. The waiter registers before it reads
+    /// the progress, so a move to final between the two still wakes it.
     pub async fn wait_final(&self) -> Progress {
-        let mut rx = self.progress.subscribe();
-        let result = rx.wait_for(|p| p.is_final()).await.map(|p| *p);
-        // The sender lives in `self`, so the channel cannot close while we wait.
-        result.unwrap_or(Progress::Failed(FailReason::WriterGone))
+        loop {
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let progress = self.progress();
+            if progress.is_final() {
+                return progress;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -131,5 +144,27 @@ mod tests {
         t.advance(Progress::Queued);
         t.advance(Progress::Failed(FailReason::QueueFull));
         assert_eq!(waiter.await.unwrap(), Progress::Failed(FailReason::QueueFull));
+    }
+
+    /// Many waiters (a request and the twins that share its fate), registered
+    /// before and after the final move, all see it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_wakes_once_the_ticket_is_final() {
+        let t = Ticket::new();
+        let early: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn({
+                    let t = t.clone();
+                    async move { t.wait_final().await }
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        t.advance(Progress::Queued);
+        assert!(t.advance(Progress::Stored));
+        for waiter in early {
+            assert_eq!(waiter.await.unwrap(), Progress::Stored);
+        }
+        assert_eq!(t.wait_final().await, Progress::Stored, "a late waiter returns at once");
     }
 }
