@@ -32,6 +32,20 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, bincode::error::DecodeError> {
     bincode::borrow_decode_from_slice(bytes, CONFIG).map(|(record, _)| record)
 }
 
+/// A record's first two fields, the dedup key: what the exact disk check
+/// compares, decoded without the rest (whose text it would also validate).
+#[derive(BorrowDecode)]
+struct RecordKey<'a> {
+    topic: &'a str,
+    event_id: &'a str,
+}
+
+/// The `(topic, event_id)` of an encoded record.
+pub fn decode_key(bytes: &[u8]) -> Result<(&str, &str), bincode::error::DecodeError> {
+    let (key, _): (RecordKey<'_>, usize) = bincode::borrow_decode_from_slice(bytes, CONFIG)?;
+    Ok((key.topic, key.event_id))
+}
+
 /// Most bytes of one encoded chunk: one 16 KiB page's worth
 /// (`schema::PAGE_VALUE_MAX_BYTES`). Chunks of a fixed 64 records of ~150
 /// bytes filled their 16 KiB pages to 57 %.
@@ -125,6 +139,23 @@ impl<'a> Chunk<'a> {
     }
 }
 
+/// The `i`-th record of an encoded chunk, reading and checking only its two
+/// offsets (for a chunk already opened once: `Chunk::open` checks them all).
+pub fn record_in(bytes: &[u8], i: usize) -> Result<Option<&[u8]>, CorruptChunk> {
+    let (n, rest) = bytes.split_first_chunk::<2>().ok_or(CorruptChunk)?;
+    let n = usize::from(u16::from_le_bytes(*n));
+    if i >= n {
+        return Ok(None);
+    }
+    let (ends, records) = rest.split_at_checked(4 * n).ok_or(CorruptChunk)?;
+    let end = |j: usize| {
+        let b = &ends[4 * j..4 * j + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+    };
+    let start = if i == 0 { 0 } else { end(i - 1) };
+    records.get(start..end(i)).map(Some).ok_or(CorruptChunk)
+}
+
 /// A run of seqs (a `TOPIC_RUNS` value): little-endian u64s.
 pub fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
     seqs.iter().flat_map(|s| s.to_le_bytes()).collect()
@@ -152,6 +183,10 @@ mod tests {
             (3, Some(&b"abc"[..]), Some(&b""[..]), Some(&b"defg"[..]))
         );
         assert_eq!(chunk.get(3), None);
+        for i in 0..4 {
+            assert_eq!(record_in(&bytes, i).unwrap(), chunk.get(i), "record {i} read alone");
+        }
+        assert!(record_in(&bytes[..bytes.len() - 1], 2).is_err(), "its end is past the bytes");
         assert!(Chunk::open(&bytes[..bytes.len() - 1]).is_err());
         assert!(Chunk::open(&[9]).is_err());
     }
@@ -189,6 +224,7 @@ mod tests {
         };
         let bytes = encode(&record);
         assert_eq!(decode(&bytes).unwrap(), record);
+        assert_eq!(decode_key(&bytes).unwrap(), (record.topic, record.event_id), "the key alone");
     }
 
     #[test]

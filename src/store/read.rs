@@ -65,8 +65,7 @@ impl Store {
             let key = &keys[i];
             found[i] = chunks
                 .with_record(seq, |bytes| -> Result<bool, ReadError> {
-                    let record = codec::decode(bytes)?;
-                    Ok(record.topic == key.topic() && record.event_id == key.event_id())
+                    Ok(codec::decode_key(bytes)? == (key.topic(), key.event_id()))
                 })?
                 .transpose()?
                 .unwrap_or(false);
@@ -188,8 +187,7 @@ impl ChunkCursor {
             self.current = Some(CurrentChunk { start: start.value(), len, bytes });
         }
         let Some(current) = &self.current else { return Ok(None) };
-        let chunk = codec::Chunk::open(current.bytes.value())?;
         let index = usize::try_from(seq - current.start).unwrap_or(usize::MAX);
-        Ok(chunk.get(index).map(f))
+        Ok(codec::record_in(current.bytes.value(), index)?.map(f))
     }
 }
