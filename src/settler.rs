@@ -9,8 +9,10 @@
 //! For each [`CommittedBatch`], in this order:
 //! 1. set the filter bits of the batch's new keys (dedup "coverage");
 //! 2. count the batch (`Stats::batch_committed`, the commit histograms);
-//! 3. move every claimed key from in flight to the window of stored keys (which
-//!    evicts its oldest past its capacity), then mark each ticket `Stored`: the acks;
+//! 3. hand the claimed keys over (`Deduper::hand_over`): all of them into the
+//!    window of stored keys (which evicts its oldest past its capacity), the
+//!    handover epoch moves, then all of them out of in flight, each ticket
+//!    marked `Stored`: the acks;
 //! 4. give the items' budget back to the queue;
 //! 5. wake the writer: items held for a twin of this batch may go ahead.
 //!
@@ -127,10 +129,14 @@ impl Settler {
         self.stats.batch_committed(&figures);
         self.metrics.batch_committed(&figures);
         let mut released = 0;
-        for item in items {
-            released += item.cost();
-            item.claims.mark_stored();
-        }
+        let claims = items
+            .into_iter()
+            .map(|item| {
+                released += item.cost();
+                item.claims
+            })
+            .collect();
+        self.dedup.hand_over(claims);
         self.queue.release(released);
         self.queue.wake_writer();
     }

@@ -10,9 +10,11 @@
 //! - **Coverage.** Every key on disk is in the filter, or in the window or
 //!   `in_flight`, or both. The settler sets filter bits after the writer's commit
 //!   and before it stores keys in the window.
-//! - **Handover.** The settler puts a key in the window before it takes it out of
-//!   `in_flight`, and a claim checks the window while it holds the key's
-//!   `in_flight` entry: no claim can find the key in neither.
+//! - **Handover.** The settler puts a batch's keys in the window, then moves the
+//!   handover epoch, then takes them out of `in_flight`; a claim that missed the
+//!   window checks it again while it holds the key's vacant `in_flight` entry,
+//!   unless the epoch is where it was before that first miss. So no claim can
+//!   find a key in neither: a removal it raced moved the epoch first (`claim`).
 //! - **Eviction.** A key leaves `in_flight` only when its claim is released
 //!   (nothing of its request was stored) or once it is in the window; it leaves
 //!   the window by oldest-first eviction. So an in-flight key is never forgotten,
@@ -79,6 +81,9 @@ pub struct Deduper {
     /// rebuild, then the settling of each batch (module doc, "Who changes what") only.
     filter: RwLock<Bloom<u64>>,
     filter_items: AtomicU64,
+    /// Moved once per handover, between its window inserts and its removals from
+    /// `in_flight` (module doc, "Handover").
+    handovers: AtomicU64,
     /// How startup filled the filter, for `/stats`: from a snapshot or not, and
     /// how many keys it read from disk.
     from_snapshot: bool,
@@ -102,6 +107,7 @@ impl Deduper {
             window: Window::new(config.recent_capacity),
             filter: RwLock::new(filter),
             filter_items: AtomicU64::new(items),
+            handovers: AtomicU64::new(0),
             from_snapshot,
             keys_scanned_at_start: AtomicU64::new(0),
             config,
@@ -149,16 +155,26 @@ impl Deduper {
     /// Handlers: atomically claim `key` for the request holding `ticket`.
     /// A key found in the window is stored, whatever else happens (the fast
     /// path of a replay, which copies nothing); a miss is copied into an owned
-    /// key and checked again under its entry, which the settler's handover
-    /// needs (module doc, "Handover").
+    /// key and, if its entry is vacant and a handover ran since the miss,
+    /// checked again under the entry (module doc, "Handover").
+    ///
+    /// Why the epoch suffices: a vacant entry after the settler removed the key
+    /// means that removal's shard lock came first, so the epoch move before it
+    /// is seen by the second load. Had the first load already seen that move,
+    /// the window inserts before it would have been seen by the first probe.
     pub fn claim<'k>(&self, key: impl Into<KeyRef<'k>>, ticket: &Arc<Ticket>) -> Claim {
         let key = key.into();
+        let epoch = self.handovers.load(Ordering::SeqCst);
         if self.window.contains(key) {
             return Claim::Stored;
         }
         let owned = EventKey::from(key);
         match self.in_flight.entry(owned.clone()) {
-            Entry::Vacant(_) if self.window.contains(key) => Claim::Stored,
+            Entry::Vacant(_)
+                if self.handovers.load(Ordering::SeqCst) != epoch && self.window.contains(key) =>
+            {
+                Claim::Stored
+            }
             Entry::Vacant(v) => {
                 v.insert(ticket.clone());
                 Claim::Won(owned)
@@ -201,12 +217,20 @@ impl Deduper {
         }
     }
 
-    /// Settler only (through [`ClaimSet::mark_stored`]), after [`Self::add_to_filter`]:
-    /// the key, claimed by `ticket`, is durable. The window takes it first, then
-    /// `in_flight` lets go of it (the handover); the window evicts its oldest.
-    fn mark_stored(&self, key: &EventKey, ticket: &Arc<Ticket>) {
-        self.window.insert(key.parts());
-        self.release(key, ticket);
+    /// Settler only, after [`Self::add_to_filter`] for their keys: the handover
+    /// of committed claims. Every key goes into the window (which evicts its
+    /// oldest), then the epoch moves, then `in_flight` lets go of each set's keys
+    /// and its ticket becomes `Stored` (the ack).
+    pub fn hand_over(&self, sets: Vec<ClaimSet>) {
+        for set in &sets {
+            set.keys.iter().for_each(|key| self.window.insert(key.parts()));
+        }
+        self.handovers.fetch_add(1, Ordering::SeqCst);
+        for mut set in sets {
+            set.keys.iter().for_each(|key| self.release(key, &set.ticket));
+            set.ticket.advance(Progress::Stored);
+            set.settled = true;
+        }
     }
 
     /// Keys in flight plus keys in the window.
@@ -265,14 +289,10 @@ impl ClaimSet {
         &self.keys
     }
 
-    /// Settler only, after the commit and [`Deduper::add_to_filter`]: the keys go
-    /// to the window, then the ticket becomes `Stored` (the ack).
-    pub fn mark_stored(mut self) {
-        for key in &self.keys {
-            self.dedup.mark_stored(key, &self.ticket);
-        }
-        self.ticket.advance(Progress::Stored);
-        self.settled = true;
+    /// The handover of this set alone ([`Deduper::hand_over`]; tests and benches).
+    pub fn mark_stored(self) {
+        let dedup = self.dedup.clone();
+        dedup.hand_over(vec![self]);
     }
 
     /// Writer or queue (a refused push): release every claim and fail the ticket
