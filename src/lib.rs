@@ -21,6 +21,7 @@
 //!               ─▶ writer thread: one transaction per batch; a small one is made
 //!                  durable by a journal frame, its redb commit skips the fsync
 //!               ─▶ settler thread: filter bits, keys into the window, acks
+//!                  (a batch of ≤ 64 events: the writer, while the settler is idle)
 //! GET /events   ─▶ http::events ─▶ store::read_page (read transaction, MVCC)
 //! ```
 //! See `docs/design.md` for the invariants and where each one lives.

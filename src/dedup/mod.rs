@@ -258,10 +258,11 @@ impl Deduper {
     }
 }
 
-/// The keys one request claimed. Dropping it without [`ClaimSet::mark_stored`]
-/// releases every claim and fails the ticket, so a cancelled or refused request can
-/// never leave a key stuck in flight. Built by the handler, carried in the queued
-/// request, and settled by the settler (stored) or the writer (failed).
+/// The keys one request claimed. Dropping it without handing it over
+/// ([`Deduper::hand_over`], or [`ClaimSet::mark_stored`] for one set) releases
+/// every claim and fails the ticket, so a cancelled or refused request can never
+/// leave a key stuck in flight. Built by the handler, carried in the queued
+/// request, and settled by the settling of its batch (stored) or the writer (failed).
 pub struct ClaimSet {
     dedup: Arc<Deduper>,
     ticket: Arc<Ticket>,
