@@ -68,8 +68,6 @@ pub enum FailReason {
     TwinFailed,
     #[error("the request was abandoned before it was queued")]
     Abandoned,
-    #[error("the writer is not running")]
-    WriterGone,
 }
 
 /// One per request. Shared (`Arc`) by the handler, the queued item and the recent

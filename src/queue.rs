@@ -150,14 +150,14 @@ impl IngestQueue {
         self.ring.pop()
     }
 
-    /// Settler (items it settled) or writer (items it failed): those items'
+    /// Settling (items it settled) or writer (items it failed): those items'
     /// outcomes are final; give back their budget.
     pub fn release(&self, cost: usize) {
         self.in_flight.fetch_sub(cost, Ordering::AcqRel);
         self.room.notify_waiters();
     }
 
-    /// Wake the writer if it sleeps: new work, a closed queue, or (settler) a
+    /// Wake the writer if it sleeps: new work, a closed queue, or (settling) a
     /// settled batch that held items may have been waiting for.
     pub fn wake_writer(&self) {
         if let Some(w) = self.writer.get() {

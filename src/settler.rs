@@ -2,9 +2,8 @@
 //! commit returned, so the writer's serial path only writes and commits. A
 //! small batch (at most [`SETTLE_ON_WRITER_MAX_EVENTS`]) committed while this
 //! thread has nothing left to settle is settled by the writer itself, on its own
-//! thread ([`SettlerHandle::settle_here`]): for single events the hand-over (a
-//! channel send, a wake-up and a context switch on each side) cost more than the
-//! settling. Either way batches are settled one at a time, in commit order.
+//! thread ([`SettlerHandle::settle`]): for single events the channel send (with
+//! a wake-up and a context switch on each side) cost more than the settling. Either way batches are settled one at a time, in commit order.
 //!
 //! For each [`CommittedBatch`], in this order:
 //! 1. set the filter bits of the batch's new keys (dedup "coverage");
@@ -46,7 +45,7 @@ const CHANNEL_BATCHES: usize = 4;
 
 /// Batches of at most this many events (new and duplicate) may be settled on
 /// the writer's thread, while the settler thread is idle: ~1 µs of settling per
-/// event against a hand-over of tens of µs. Larger ones go to the settler thread,
+/// event against tens of µs for the channel send and the wake-ups. Larger ones go to the settler thread,
 /// so that the writer's next commit does not wait for them (docs/perf.md, session 12).
 pub const SETTLE_ON_WRITER_MAX_EVENTS: u64 = 64;
 
@@ -85,6 +84,7 @@ impl SettlerHandle {
     }
 }
 
+#[derive(Clone)]
 pub struct Settler {
     dedup: Arc<Deduper>,
     queue: Arc<IngestQueue>,
@@ -106,8 +106,7 @@ impl Settler {
     pub fn spawn(self) -> std::io::Result<(SettlerHandle, JoinHandle<()>)> {
         let (tx, rx) = crossbeam::channel::bounded(CHANNEL_BATCHES);
         let unsettled = Arc::new(AtomicUsize::new(0));
-        let here =
-            Settler::new(self.dedup.clone(), self.queue.clone(), self.stats.clone(), self.metrics.clone());
+        let here = self.clone();
         let thread_unsettled = unsettled.clone();
         let handle =
             thread::Builder::new().name("settler".into()).spawn(move || self.run(rx, &thread_unsettled))?;

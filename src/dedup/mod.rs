@@ -196,7 +196,7 @@ impl Deduper {
         self.in_flight.remove_if(key, |_, owner| Arc::ptr_eq(owner, ticket));
     }
 
-    /// Settler only, after the writer's commit returned: filter bits for the newly
+    /// Settling only (`Settler::settle`), after the writer's commit returned: filter bits for the newly
     /// stored keys, before any of them is marked `Stored`. The write lock is
     /// taken for [`FILTER_SET_CHUNK`] keys at a time, so handlers' checks wait
     /// for one chunk, never for a whole batch (a 20k-event batch holds it for
@@ -217,7 +217,7 @@ impl Deduper {
         }
     }
 
-    /// Settler only, after [`Self::add_to_filter`] for their keys: the handover
+    /// Settling only (`Settler::settle`), after [`Self::add_to_filter`] for their keys: the handover
     /// of committed claims. Every key goes into the window (which evicts its
     /// oldest), then the epoch moves, then `in_flight` lets go of each set's keys
     /// and its ticket becomes `Stored` (the ack).

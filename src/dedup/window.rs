@@ -29,8 +29,16 @@ use crate::event::KeyRef;
 const CHUNK_BYTES: usize = 16 << 10;
 
 /// A record's bytes before the key text: the hash, then the topic's and the
-/// event id's lengths (each at most 255, `event::MAX_FIELD_BYTES`).
+/// event id's lengths, one byte each.
 const RECORD_FIXED: usize = 10;
+
+/// Longest topic or event id a record holds (its length is one byte).
+/// Validation bounds a topic to this, but an event id only after trimming: an
+/// id padded past it is never put in the window. That keeps coverage: its filter
+/// bits are set before the handover, so a duplicate of it goes to the exact disk
+/// check. (Such an id's length, truncated to a byte, used to misplace every later
+/// record of its shard.)
+const MAX_PART_BYTES: usize = u8::MAX as usize;
 
 /// Most keys per shard, up to [`MAX_SHARDS`] shards: just under the 7168 slots
 /// an 8192-bucket table holds, so a full shard's table is ~85 % loaded (a
@@ -58,10 +66,14 @@ impl Window {
         self.shard(key.hash).contains(key)
     }
 
-    /// Settler only: `key` is stored. Past the shard's capacity its oldest key
+    /// Settling only (`Settler::settle`): `key` is stored. Past the shard's capacity its oldest key
     /// leaves. The key must not be in the window already (only a key that won
-    /// its claim while absent from the window is ever inserted).
+    /// its claim while absent from the window is ever inserted). A key with a
+    /// part over [`MAX_PART_BYTES`] is not kept.
     pub fn insert(&self, key: KeyRef<'_>) {
+        if key.topic.len() > MAX_PART_BYTES || key.event_id.len() > MAX_PART_BYTES {
+            return;
+        }
         let mut shard = self.shard(key.hash);
         debug_assert!(!shard.contains(key), "{key:?} inserted twice");
         shard.insert(key);
@@ -156,7 +168,7 @@ impl Arena {
         let chunk = self.chunks.back_mut().expect("just ensured");
         let at = chunk_no * CHUNK_BYTES as u64 + chunk.len() as u64;
         chunk.extend_from_slice(&key.hash.to_le_bytes());
-        // Both fit: validation bounds topic and event id to 255 bytes.
+        // Both fit: `Window::insert` takes no part over MAX_PART_BYTES.
         chunk.extend_from_slice(&[topic.len() as u8, id.len() as u8]);
         chunk.extend_from_slice(topic);
         chunk.extend_from_slice(id);
@@ -227,6 +239,21 @@ mod tests {
         assert!(!window.contains(key("a", "bc").parts()), "another split of the same text");
         assert!(!window.contains(key("ab", "d").parts()));
         assert_eq!(window.len(), 1);
+    }
+
+    /// An event id padded with spaces past 255 bytes is valid (the limit is on
+    /// the trimmed id) but does not fit a record: it is left out, and the keys
+    /// around it are kept and evicted as before.
+    #[test]
+    fn an_id_longer_than_a_record_holds_is_left_out() {
+        let window = Window::new(100);
+        let padded = key("t", &format!("{}{}", "a".repeat(255), " ".repeat(45)));
+        window.insert(padded.parts());
+        assert!(!window.contains(padded.parts()));
+        let keys: Vec<EventKey> = (0..300).map(|i| key("t", &i.to_string())).collect();
+        keys.iter().for_each(|k| window.insert(k.parts()));
+        assert_eq!(window.len(), 100);
+        assert!(keys[200..].iter().all(|k| window.contains(k.parts())), "the newest 100 stay");
     }
 
     #[test]

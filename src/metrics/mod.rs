@@ -32,9 +32,9 @@ pub struct Metrics {
     registry: Registry,
     /// HTTP guard only: one observation per request.
     request_seconds: Family<RequestLabels, Histogram>,
-    /// Settler only: one observation per committed batch.
+    /// Settling only (`Settler::settle`): one observation per committed batch.
     commit_seconds: Histogram,
-    /// Settler only: new events per committed batch.
+    /// Settling only (`Settler::settle`): new events per committed batch.
     batch_events: Histogram,
 }
 
@@ -68,7 +68,7 @@ impl Metrics {
         self.request_seconds.get_or_create(&labels).observe(seconds);
     }
 
-    /// Settler only: one batch's commit returned.
+    /// Settling only (`Settler::settle`): one batch's commit returned.
     pub fn batch_committed(&self, batch: &BatchCommitted) {
         self.commit_seconds.observe(batch.commit_us as f64 / 1e6);
         self.batch_events.observe(batch.unique as f64);

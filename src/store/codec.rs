@@ -104,15 +104,19 @@ pub struct Chunk<'a> {
 pub struct CorruptChunk;
 
 impl<'a> Chunk<'a> {
-    pub fn open(bytes: &'a [u8]) -> Result<Chunk<'a>, CorruptChunk> {
+    /// The chunk's two parts, its offsets not checked yet.
+    fn split(bytes: &'a [u8]) -> Result<Chunk<'a>, CorruptChunk> {
         let (n, rest) = bytes.split_first_chunk::<2>().ok_or(CorruptChunk)?;
         let n = usize::from(u16::from_le_bytes(*n));
         let (ends, records) = rest.split_at_checked(4 * n).ok_or(CorruptChunk)?;
-        let chunk = Chunk { ends, records };
+        Ok(Chunk { ends, records })
+    }
+    pub fn open(bytes: &'a [u8]) -> Result<Chunk<'a>, CorruptChunk> {
+        let chunk = Chunk::split(bytes)?;
         let mut previous = 0;
-        for i in 0..n {
+        for i in 0..chunk.len() {
             let end = chunk.end(i);
-            if end < previous || end > records.len() {
+            if end < previous || end > chunk.records.len() {
                 return Err(CorruptChunk);
             }
             previous = end;
@@ -142,18 +146,12 @@ impl<'a> Chunk<'a> {
 /// The `i`-th record of an encoded chunk, reading and checking only its two
 /// offsets (for a chunk already opened once: `Chunk::open` checks them all).
 pub fn record_in(bytes: &[u8], i: usize) -> Result<Option<&[u8]>, CorruptChunk> {
-    let (n, rest) = bytes.split_first_chunk::<2>().ok_or(CorruptChunk)?;
-    let n = usize::from(u16::from_le_bytes(*n));
-    if i >= n {
+    let chunk = Chunk::split(bytes)?;
+    if i >= chunk.len() {
         return Ok(None);
     }
-    let (ends, records) = rest.split_at_checked(4 * n).ok_or(CorruptChunk)?;
-    let end = |j: usize| {
-        let b = &ends[4 * j..4 * j + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
-    };
-    let start = if i == 0 { 0 } else { end(i - 1) };
-    records.get(start..end(i)).map(Some).ok_or(CorruptChunk)
+    let start = if i == 0 { 0 } else { chunk.end(i - 1) };
+    chunk.records.get(start..chunk.end(i)).map(Some).ok_or(CorruptChunk)
 }
 
 /// A run of seqs (a `TOPIC_RUNS` value): little-endian u64s.

@@ -410,7 +410,7 @@ mod tests {
         QueuedRequest { records, duplicates, twins, claims, ack: AckMode::Durable }
     }
 
-    /// The settler runs on its own thread: poll until every ticket is final.
+    /// Large batches are settled on the settler thread: poll until every ticket is final.
     fn wait_settled(tickets: &[&Arc<Ticket>]) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !tickets.iter().all(|t| t.progress().is_final()) {

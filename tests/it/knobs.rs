@@ -1,5 +1,6 @@
 //! Knobs do what `--help` says, each shown by its effect through HTTP:
-//! `RECENT_KEYS_CAPACITY`, `ENQUEUE_TIMEOUT_MS` above 0, `ACK_MODE` as the
+//! `RECENT_KEYS_CAPACITY` (with an event id too long for the window),
+//! `ENQUEUE_TIMEOUT_MS` above 0, `ACK_MODE` as the
 //! server's default, and `REQUEST_TIMEOUT_MS` over everything before the queue. (`WRITER_BATCH_MAX_EVENTS` and `QUEUE_CAPACITY_EVENTS` are
 //! shown in the writer's and the queue's unit tests.)
 
@@ -26,6 +27,27 @@ async fn recent_keys_capacity_bounds_the_map_and_evicted_keys_are_still_duplicat
     assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(10)), "{body}");
     let stats = app.stats().await;
     assert_eq!(stats["dedup"]["duplicates_on_disk"], 10, "evicted keys are found on disk: {stats}");
+    app.shutdown().await;
+}
+
+/// An event id of 255 bytes padded with spaces is valid (the limit is on the
+/// trimmed id), is stored once, and is still a duplicate after the window
+/// evicted everything around it (its bytes are too long for the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_padded_event_id_past_255_bytes_is_stored_once_through_evictions() {
+    let dir = data_dir();
+    let app = TestApp::spawn_with(Config { recent_keys_capacity: 10, ..test_config(dir.path()) }).await;
+    let padded = format!("  {}  ", "p".repeat(255));
+    assert_eq!(app.publish(&event("pad", &padded)).await.0, StatusCode::OK);
+    for batch in 0..5 {
+        let events: Vec<Value> = (0..10).map(|i| event("pad", &format!("{batch}-{i}"))).collect();
+        assert_eq!(app.publish(&Value::Array(events)).await.0, StatusCode::OK);
+    }
+    let (status, body) = app.publish(&json!([event("pad", &padded), event("pad", "4-9")])).await;
+    assert_eq!((status, body["duplicates"].as_u64()), (StatusCode::OK, Some(2)), "{body}");
+    let stored = app.all_events(Some("pad")).await;
+    assert_eq!(stored.len(), 51);
+    assert_eq!(stored[0]["event_id"], padded, "kept as sent");
     app.shutdown().await;
 }
 
