@@ -3,7 +3,8 @@
 //! small batch (at most [`SETTLE_ON_WRITER_MAX_EVENTS`]) committed while this
 //! thread has nothing left to settle is settled by the writer itself, on its own
 //! thread ([`SettlerHandle::settle`]): for single events the channel send (with
-//! a wake-up and a context switch on each side) cost more than the settling. Either way batches are settled one at a time, in commit order.
+//! a wake-up and a context switch on each side) cost more than the settling.
+//! Either way batches are settled one at a time, in commit order.
 //!
 //! For each [`CommittedBatch`], in this order:
 //! 1. set the filter bits of the batch's new keys (dedup "coverage");
@@ -45,8 +46,9 @@ const CHANNEL_BATCHES: usize = 4;
 
 /// Batches of at most this many events (new and duplicate) may be settled on
 /// the writer's thread, while the settler thread is idle: ~1 µs of settling per
-/// event against tens of µs for the channel send and the wake-ups. Larger ones go to the settler thread,
-/// so that the writer's next commit does not wait for them (docs/perf.md, session 12).
+/// event against tens of µs for the channel send and the wake-ups. Larger ones
+/// go to the settler thread, so that the writer's next commit does not wait for
+/// them (docs/perf.md, session 12).
 pub const SETTLE_ON_WRITER_MAX_EVENTS: u64 = 64;
 
 /// The writer's end: hands batches to the settler thread, or settles a small

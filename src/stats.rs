@@ -212,7 +212,8 @@ impl Stats {
         *self.rejected.lock().unwrap_or_else(|e| e.into_inner()).entry(code).or_default() += 1;
     }
 
-    /// Settling only (`Settler::settle`): one batch's commit returned and the batch is settled.
+    /// Settling only (`Settler::settle`): one batch's commit returned and the
+    /// batch is settled.
     pub fn batch_committed(&self, batch: &BatchCommitted) {
         self.unique_processed.fetch_add(batch.unique, Relaxed);
         self.duplicate_dropped.fetch_add(batch.duplicates, Relaxed);

@@ -196,9 +196,10 @@ impl Deduper {
         self.in_flight.remove_if(key, |_, owner| Arc::ptr_eq(owner, ticket));
     }
 
-    /// Settling only (`Settler::settle`), after the writer's commit returned: filter bits for the newly
-    /// stored keys, before any of them is marked `Stored`. The write lock is
-    /// taken for [`FILTER_SET_CHUNK`] keys at a time, so handlers' checks wait
+    /// Settling only (`Settler::settle`), after the writer's commit returned:
+    /// filter bits for the newly stored keys, before any of them is marked
+    /// `Stored`. The write lock is taken for [`FILTER_SET_CHUNK`] keys at a
+    /// time, so handlers' checks wait
     /// for one chunk, never for a whole batch (a 20k-event batch holds it for
     /// ~8 ms in all). Checks between chunks are still exact: none of these keys
     /// is in the window yet, so a handler meets it in `in_flight` and never asks
@@ -217,10 +218,10 @@ impl Deduper {
         }
     }
 
-    /// Settling only (`Settler::settle`), after [`Self::add_to_filter`] for their keys: the handover
-    /// of committed claims. Every key goes into the window (which evicts its
-    /// oldest), then the epoch moves, then `in_flight` lets go of each set's keys
-    /// and its ticket becomes `Stored` (the ack).
+    /// Settling only (`Settler::settle`), after [`Self::add_to_filter`] for their
+    /// keys: the handover of committed claims. Every key goes into the window
+    /// (which evicts its oldest), then the epoch moves, then `in_flight` lets go
+    /// of each set's keys and its ticket becomes `Stored` (the ack).
     pub fn hand_over(&self, sets: Vec<ClaimSet>) {
         for set in &sets {
             set.keys.iter().for_each(|key| self.window.insert(key.parts()));

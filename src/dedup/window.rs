@@ -14,8 +14,8 @@
 //! keys; a window of at most [`KEYS_PER_SHARD`] keys has one shard and is exact.
 //!
 //! Who changes what: only the settling of a committed batch inserts (after the
-//! key's filter bits are set; one batch at a time, see `dedup`); handlers only read. Each shard has its own lock, held for one probe
-//! or one insert.
+//! key's filter bits are set; one batch at a time, see `dedup`); handlers only
+//! read. Each shard has its own lock, held for one probe or one insert.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -66,10 +66,10 @@ impl Window {
         self.shard(key.hash).contains(key)
     }
 
-    /// Settling only (`Settler::settle`): `key` is stored. Past the shard's capacity its oldest key
-    /// leaves. The key must not be in the window already (only a key that won
-    /// its claim while absent from the window is ever inserted). A key with a
-    /// part over [`MAX_PART_BYTES`] is not kept.
+    /// Settling only (`Settler::settle`): `key` is stored. Past the shard's
+    /// capacity its oldest key leaves. The key must not be in the window already
+    /// (only a key that won its claim while absent from the window is ever
+    /// inserted). A key with a part over [`MAX_PART_BYTES`] is not kept.
     pub fn insert(&self, key: KeyRef<'_>) {
         if key.topic.len() > MAX_PART_BYTES || key.event_id.len() > MAX_PART_BYTES {
             return;

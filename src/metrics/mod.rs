@@ -32,7 +32,8 @@ pub struct Metrics {
     registry: Registry,
     /// HTTP guard only: one observation per request.
     request_seconds: Family<RequestLabels, Histogram>,
-    /// Settling only (`Settler::settle`): one observation per committed batch.
+    /// Settling only (`Settler::settle`): one observation per committed
+    /// batch.
     commit_seconds: Histogram,
     /// Settling only (`Settler::settle`): new events per committed batch.
     batch_events: Histogram,
