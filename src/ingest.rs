@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::ack::{AckMode, FailReason, Progress, Ticket};
 use crate::dedup::{Claim, ClaimSet, Deduper};
-use crate::event::{Event, EventKey, KeyHasher};
+use crate::event::{Event, EventKey, KeyHasher, KeyRef};
 use crate::queue::{IngestQueue, NewRecord, QueuedRequest, WhenFull};
 use crate::stats::{DedupTally, Stats};
 use crate::store::{ReadError, Store, codec};
@@ -123,9 +123,9 @@ impl Ingest {
         let mut decisions = Vec::with_capacity(events.len());
         let mut twins: Vec<Arc<Ticket>> = Vec::new();
         let mut in_memory = 0;
-        for event in events {
-            let key = self.hasher.key(&event.topic, &event.event_id);
-            let decision = match self.dedup.claim(key, ticket) {
+        let keys: Vec<KeyRef<'_>> = events.iter().map(|e| self.hasher.key(&e.topic, &e.event_id)).collect();
+        for claim in self.dedup.claim_all(&keys, ticket) {
+            let decision = match claim {
                 Claim::Won(owned) => {
                     claims.push(owned);
                     Decision::New(claims.keys().len() - 1)

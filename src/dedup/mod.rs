@@ -163,11 +163,24 @@ impl Deduper {
     /// is seen by the second load. Had the first load already seen that move,
     /// the window inserts before it would have been seen by the first probe.
     pub fn claim<'k>(&self, key: impl Into<KeyRef<'k>>, ticket: &Arc<Ticket>) -> Claim {
-        let key = key.into();
+        let mut claims = self.claim_all(&[key.into()], ticket);
+        claims.pop().expect("one claim per key")
+    }
+
+    /// Handlers: [`Self::claim`] for each of a request's keys, in order. The
+    /// window is probed for all of them first, a shard at a time (their cache
+    /// misses overlap); the epoch is read before those probes, so the check
+    /// under a vacant entry runs whenever it would have for a single claim.
+    pub fn claim_all(&self, keys: &[KeyRef<'_>], ticket: &Arc<Ticket>) -> Vec<Claim> {
         let epoch = self.handovers.load(Ordering::SeqCst);
-        if self.window.contains(key) {
-            return Claim::Stored;
-        }
+        let in_window = self.window.contains_each(keys);
+        (keys.iter().zip(in_window))
+            .map(|(&key, stored)| if stored { Claim::Stored } else { self.claim_missed(key, epoch, ticket) })
+            .collect()
+    }
+
+    /// The claim of a key the window missed after the epoch was `epoch`.
+    fn claim_missed(&self, key: KeyRef<'_>, epoch: u64, ticket: &Arc<Ticket>) -> Claim {
         let owned = EventKey::from(key);
         match self.in_flight.entry(owned.clone()) {
             Entry::Vacant(_)
@@ -470,9 +483,16 @@ mod tests {
                     set.mark_stored();
                 }
             });
-            for k in keys.iter().cycle().take(200_000) {
-                let claim = d.claim(k, &Ticket::new());
-                assert!(!matches!(claim, Claim::Won(_)), "{k:?} claimed while being stored");
+            // Single claims and a request's worth at once (the handlers' path).
+            for (n, chunk) in keys.chunks(50).cycle().take(4000).enumerate() {
+                let claims: Vec<Claim> = if n % 2 == 0 {
+                    chunk.iter().map(|k| d.claim(k, &Ticket::new())).collect()
+                } else {
+                    d.claim_all(&chunk.iter().map(EventKey::parts).collect::<Vec<_>>(), &Ticket::new())
+                };
+                for (k, claim) in chunk.iter().zip(claims) {
+                    assert!(!matches!(claim, Claim::Won(_)), "{k:?} claimed while being stored");
+                }
             }
         });
         assert!(keys.iter().all(|k| matches!(d.claim(k, &Ticket::new()), Claim::Stored)));

@@ -63,7 +63,27 @@ impl Window {
 
     /// Whether `key` is one of the window's stored keys.
     pub fn contains(&self, key: KeyRef<'_>) -> bool {
-        self.shard(key.hash).contains(key)
+        lock(&self.shards[self.shard_of(key.hash)]).contains(key)
+    }
+
+    /// [`Self::contains`] for each of `keys`, in order. The keys are probed a
+    /// shard at a time, each shard locked once: a probe is a few dependent
+    /// cache misses (control bytes, slot, record), and a lock between two
+    /// probes (a locked instruction, a full fence) kept them from overlapping.
+    pub fn contains_each(&self, keys: &[KeyRef<'_>]) -> Vec<bool> {
+        let mut found = vec![false; keys.len()];
+        // (shard << 32 | position), sorted: the keys of each shard together.
+        let mut order: Vec<u64> =
+            (keys.iter().enumerate()).map(|(i, k)| (self.shard_of(k.hash) as u64) << 32 | i as u64).collect();
+        order.sort_unstable();
+        for run in order.chunk_by(|a, b| a >> 32 == b >> 32) {
+            let shard = lock(&self.shards[(run[0] >> 32) as usize]);
+            for &at in run {
+                let i = at as u32 as usize;
+                found[i] = shard.contains(keys[i]);
+            }
+        }
+        found
     }
 
     /// Settling only (`Settler::settle`): `key` is stored. Past the shard's
@@ -74,7 +94,7 @@ impl Window {
         if key.topic.len() > MAX_PART_BYTES || key.event_id.len() > MAX_PART_BYTES {
             return;
         }
-        let mut shard = self.shard(key.hash);
+        let mut shard = lock(&self.shards[self.shard_of(key.hash)]);
         debug_assert!(!shard.contains(key), "{key:?} inserted twice");
         shard.insert(key);
         while shard.table.len() > self.shard_capacity {
@@ -92,11 +112,10 @@ impl Window {
         self.shards.iter().map(|s| lock(s).heap_bytes()).sum()
     }
 
-    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, Shard> {
+    fn shard_of(&self, hash: u64) -> usize {
         // From bits 16..48, which the shard's table uses neither for its
         // buckets (the low bits) nor for its control bytes (the top 7).
-        let index = (((hash >> 16) & 0xffff_ffff) * self.shards.len() as u64) >> 32;
-        lock(&self.shards[index as usize])
+        ((((hash >> 16) & 0xffff_ffff) * self.shards.len() as u64) >> 32) as usize
     }
 }
 
@@ -254,6 +273,19 @@ mod tests {
         keys.iter().for_each(|k| window.insert(k.parts()));
         assert_eq!(window.len(), 100);
         assert!(keys[200..].iter().all(|k| window.contains(k.parts())), "the newest 100 stay");
+    }
+
+    /// A request's keys are probed shard by shard, and answered in its order.
+    #[test]
+    fn a_request_is_answered_in_its_own_order() {
+        let window = Window::new(4 * KEYS_PER_SHARD);
+        assert_eq!(window.shards.len(), 4);
+        let keys: Vec<EventKey> = (0..2000).map(|i| key("t", &i.to_string())).collect();
+        keys.iter().step_by(2).for_each(|k| window.insert(k.parts()));
+        let parts: Vec<KeyRef<'_>> = keys.iter().rev().map(EventKey::parts).collect();
+        let found = window.contains_each(&parts);
+        assert!(found.iter().rev().enumerate().all(|(i, &f)| f == (i % 2 == 0)));
+        assert_eq!(found, parts.iter().map(|&k| window.contains(k)).collect::<Vec<_>>());
     }
 
     #[test]
