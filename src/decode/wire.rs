@@ -58,8 +58,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for TopLevel<'a> {
 /// ones grow it as before), at most `max_items + 1` (one past the batch limit,
 /// which `decode` then refuses by count). serde's own `Vec` starts empty and
 /// doubles: ~10 copies, and fresh pages, for 1000 items.
-pub(super) fn parse_array(text: &[u8], max_items: usize) -> serde_json::Result<Vec<WireItem<'_>>> {
-    let mut de = serde_json::Deserializer::from_slice(text);
+pub(super) fn parse_array(text: &str, max_items: usize) -> serde_json::Result<Vec<WireItem<'_>>> {
+    let mut de = serde_json::Deserializer::from_str(text);
     let capacity = (text.len() / 128).min(max_items.saturating_add(1));
     let items = ItemsSeed(capacity).deserialize(&mut de)?;
     de.end()?;
