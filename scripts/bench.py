@@ -200,7 +200,7 @@ def row_growth(args, t):
         t.note("restart", f"| restart with {total:,} keys until /health is 200 ({how}) | {ready:.2f} s | | | | | | |",
                {"seconds": ready, "dedup": dedup})
         filter_mib = dedup["filter_bytes"] / 1048576
-        t.note("rss", f"| RSS right after that restart (whole process; the 256 MiB page cache fills only as "
+        t.note("rss", f"| RSS right after that restart (whole process; the page cache fills only as "
                f"reads warm it) | {rss:.0f} MiB ({rss * 1048576 / total:.1f} B/key; filter {filter_mib:.0f} MiB) "
                f"| | | | | | |", {"rss_mib": rss, "bytes_per_key": rss * 1048576 / total, "filter_mib": filter_mib})
 

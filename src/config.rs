@@ -133,8 +133,9 @@ pub struct Config {
     #[arg(long, env = "AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 
-    /// redb page cache, in MiB.
-    #[arg(long, env = "DB_CACHE_MB", default_value_t = 256)]
+    /// redb page cache, in MiB. The OS page cache holds the file as well; a
+    /// larger cache made ingestion slower here (docs/perf.md, session 13).
+    #[arg(long, env = "DB_CACHE_MB", default_value_t = 64)]
     pub db_cache_mb: usize,
 }
 
