@@ -4,9 +4,10 @@
 //! across one.
 //!
 //! Invariants (collected in docs/design.md):
-//! - **Claim.** A key enters `in_flight` only through [`Deduper::claim`],
-//!   atomically (entry API), and only while it is in neither `in_flight` nor the
-//!   window: of two concurrent requests with one key, exactly one claims it.
+//! - **Claim.** A key enters `in_flight` only through [`Deduper::claim_all`] (or
+//!   `claim`, its one-key form), atomically (entry API), and only while it is in
+//!   neither `in_flight` nor the window: of two concurrent requests with one key,
+//!   exactly one claims it.
 //! - **Coverage.** Every key on disk is in the filter, or in the window or
 //!   `in_flight`, or both. The settler sets filter bits after the writer's commit
 //!   and before it stores keys in the window.

@@ -15,7 +15,8 @@
 //!
 //! Who changes what: only the settling of a committed batch inserts (after the
 //! key's filter bits are set; one batch at a time, see `dedup`); handlers only
-//! read. Each shard has its own lock, held for one probe or one insert.
+//! read. Each shard has its own lock, held for one insert, or for one request's
+//! probes of that shard (`contains_each`).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
