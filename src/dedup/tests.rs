@@ -115,6 +115,9 @@ fn a_saved_filter_loads_until_the_stored_keys_outgrow_it() {
     assert_eq!((loaded.filter_items(), loaded.filter_capacity() >= 2000), (2, true));
     assert_eq!(loaded.maybe_stored(&[&key("1"), &key("2")]), vec![true, true]);
     assert!(Deduper::from_snapshot(config, 2001, bytes.clone(), items).is_none(), "outgrown: rescan");
+    let seven = Bloom::<u64>::new_for_fp_rate(100_000, 0.01).unwrap();
+    assert_eq!(seven.number_of_hash_functions(), 7);
+    assert!(Deduper::from_snapshot(config, 0, seven.to_bytes(), 0).is_none(), "another number of hashes");
     let bigger = DedupConfig { filter_capacity: 4000, ..config };
     assert!(Deduper::from_snapshot(bigger, 0, bytes, items).is_none(), "BLOOM_CAPACITY was raised");
 }

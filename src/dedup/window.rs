@@ -72,6 +72,9 @@ impl Window {
     /// cache misses (control bytes, slot, record), and a lock between two
     /// probes (a locked instruction, a full fence) kept them from overlapping.
     pub fn contains_each(&self, keys: &[KeyRef<'_>]) -> Vec<bool> {
+        if let [key] = keys {
+            return vec![self.contains(*key)]; // a single event: nothing to sort
+        }
         let mut found = vec![false; keys.len()];
         // (shard << 32 | position), sorted: the keys of each shard together.
         let mut order: Vec<u64> =
