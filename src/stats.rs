@@ -96,6 +96,10 @@ pub struct WriterStats {
     /// durable redb commit.
     #[schema(value_type = u64)]
     pub journal_frames_replayed: Gauge,
+    /// Events of small batches acknowledged by their journal frame and not yet
+    /// applied to redb (write-behind; every read already sees them).
+    #[schema(value_type = u64)]
+    pub tail_events: Gauge,
 }
 
 /// The dedup state's figures, in `/stats` as `dedup`.
@@ -297,6 +301,7 @@ impl Stats {
             upper_index_pairs: Gauge(store.upper_index_pairs()),
             journal_bytes: Gauge(store.journal_bytes()),
             journal_frames_replayed: Gauge(store.journal_frames_replayed()),
+            tail_events: Gauge(store.tail_events() as u64),
         }
     }
 

@@ -12,6 +12,7 @@ use redb::{Database, DatabaseError};
 
 use super::index::KeyIndex;
 use super::journal::Journal;
+use super::tail::{self, Tail};
 use crate::event::{EventKey, Seq};
 
 /// Opens the database for a path with a builder: the default is redb's file
@@ -86,7 +87,6 @@ impl std::fmt::Debug for StoreConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Head {
     pub next_seq: u64,
-    pub next_topic_id: u32,
     pub unique: u64,
     pub duplicates: u64,
     /// The last journal frame applied (see `journal`).
@@ -150,6 +150,8 @@ pub struct Store {
     pub(super) journal: Mutex<Option<Journal>>,
     /// Frames the last open replayed.
     pub(super) replayed: AtomicU64,
+    /// Journaled batches not yet applied to redb (write-behind, see `tail`).
+    pub(super) tail: Mutex<Tail>,
 }
 
 impl Store {
@@ -171,6 +173,21 @@ impl Store {
     /// Journal frames the last open replayed into redb.
     pub fn journal_frames_replayed(&self) -> u64 {
         self.replayed.load(Relaxed)
+    }
+
+    /// Events acknowledged by their journal frame and not yet applied to redb.
+    pub fn tail_events(&self) -> usize {
+        self.tail().events()
+    }
+
+    pub(super) fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tail's batches, for one read: taken after the database and before the
+    /// read transaction (see `tail`).
+    pub(super) fn tail_batches(&self) -> Vec<Arc<tail::Batch>> {
+        self.tail().snapshot()
     }
 
     /// The database for one operation, or `None` while it is being reopened.

@@ -7,10 +7,12 @@
 //!
 //! Promises:
 //! - **Durable before acknowledged.** A frame counts as written (`len` moves
-//!   past it) only once [`Journal::sync`] returned `Ok` for it. The writer
-//!   applies the batch to redb (committed without fsync) after the sync, or,
-//!   for a large frame, while the sync runs on a second thread; it hands the
-//!   batch on for its acks only after both returned `Ok` (`store::write`).
+//!   past it) only once [`Journal::sync`] returned `Ok` for it. A small batch
+//!   is then kept in the tail and applied to redb later (`store::tail`); a larger one is
+//!   applied to redb (committed without fsync) after the sync, or, for a large
+//!   frame, while the sync runs on a second thread. The writer hands a batch on
+//!   for its acks only after its sync (and its commit, if any) returned `Ok`
+//!   (`store::write`).
 //! - **Replayed until covered.** Every frame numbered after the `journal_frame`
 //!   of redb's last durable commit is replayed into redb at open, in order, with
 //!   the seqs it was given; then redb commits durably and the journal starts
@@ -75,14 +77,13 @@ pub fn frame_len(record_lens: impl Iterator<Item = usize>) -> usize {
 
 impl Journal {
     /// Open the journal and read back its frames numbered after `covered` (the
-    /// last frame the database's durable state holds), oldest first: the caller
-    /// replays them, then `reset`s.
+    /// last frame the database holds), oldest first: the caller replays them,
+    /// then `reset`s.
     ///
-    /// If the first frame is covered, so is every frame after it: a cycle's
-    /// frames are numbered on from the durable commit that began it (its reset),
-    /// so a covered first frame means no frame was written since the last
-    /// durable commit, and the rest is older still. Nothing more is read then,
-    /// which keeps the open after a clean shutdown from reading the whole file.
+    /// The whole current cycle is read, even when its first frame is covered:
+    /// redb can hold a prefix of it (non-durable commits that redb persisted as
+    /// it closed, on a clean shutdown or a reopen) while later frames were still
+    /// in the tail (`store::tail`). Read: up to `CHECKPOINT_BYTES`.
     pub fn open(
         backend: Box<dyn StorageBackend>,
         seed: u64,
@@ -90,10 +91,8 @@ impl Journal {
     ) -> io::Result<(Journal, Vec<Frame>)> {
         let allocated = backend.len()?;
         let mut journal = Journal { backend, seed, end: 0, allocated, buf: Vec::new() };
-        let mut frames = journal.read_frames(covered)?;
-        if frames.first().is_some_and(|first| first.frame_no <= covered) {
-            frames.clear();
-        }
+        let mut frames = journal.read_frames()?;
+        frames.retain(|frame| frame.frame_no > covered);
         Ok((journal, frames))
     }
 
@@ -190,9 +189,8 @@ impl Journal {
         Ok(FrameEnd(end))
     }
 
-    /// Frames from offset 0 while whole and consecutively numbered; only the
-    /// first if that one is `covered`.
-    fn read_frames(&mut self, covered: u64) -> io::Result<Vec<Frame>> {
+    /// Frames from offset 0 while whole and consecutively numbered.
+    fn read_frames(&mut self) -> io::Result<Vec<Frame>> {
         let mut frames: Vec<Frame> = Vec::new();
         let mut header = [0u8; HEADER];
         while self.end + HEADER as u64 <= self.allocated {
@@ -212,12 +210,8 @@ impl Journal {
             if frames.last().is_some_and(|last| frame.frame_no != last.frame_no + 1) {
                 break;
             }
-            let first_is_covered = frames.is_empty() && frame.frame_no <= covered;
             frames.push(frame);
             self.end = body_start + body_len;
-            if first_is_covered {
-                break;
-            }
         }
         Ok(frames)
     }
@@ -317,7 +311,14 @@ mod tests {
         journal.reset();
         assert_eq!(frame_nos(&disk, 7), vec![1, 2, 3, 4], "nothing covered: all are read");
         let (_, covered) = Journal::open(Box::new(disk.clone()), 7, 4).unwrap();
-        assert!(covered.is_empty(), "a covered first frame: nothing to replay");
+        assert!(covered.is_empty(), "every frame covered: nothing to replay");
+        let (_, after_two) = Journal::open(Box::new(disk.clone()), 7, 2).unwrap();
+        let replayed: Vec<u64> = after_two.iter().map(|f| f.frame_no).collect();
+        assert_eq!(
+            replayed,
+            vec![3, 4],
+            "a covered prefix (a clean close with a tail): the rest is replayed"
+        );
         append(&mut journal, 5, &[b"new"]);
         // Frame 5 is shorter than frame 1: what follows it is the middle of old frame 1, then 2..4.
         append(&mut journal, 6, &[b"new"]);

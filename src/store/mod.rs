@@ -4,6 +4,9 @@
 //! - `write`: append one batch per write transaction (the writer thread only);
 //! - `journal`: the append-only file that makes small batches durable, so
 //!   their redb commits skip the fsync; replayed by `open`;
+//! - `tail`: the smallest batches, durable by their journal frame and kept
+//!   in memory until the writer applies them to redb together (write-behind); every read
+//!   joins them to redb's state;
 //! - `read`: exact key lookups, pages of events, topics (any thread);
 //! - `handle`: the [`Store`] itself and the values the operations exchange;
 //! - `schema` (tables), `codec` (record and chunk encodings), `index` (the
@@ -12,9 +15,10 @@
 //!
 //! Each part has its own error. redb is MVCC: reads never block the writer.
 //! Promise: when `append` returns `Ok`, the batch's events, index entries and
-//! counters are committed together and durable (its journal frame synced, or
-//! its redb commit fsynced); on `Err` the writer reopens the database (which
-//! replays the journal) and reads back which of the two happened.
+//! counters are durable (its journal frame synced, or its redb commit fsynced)
+//! and seen by every read (in the tail, or committed together); on `Err` the writer
+//! reopens the database (which replays the journal) and reads back which of the
+//! two happened.
 
 pub mod codec;
 mod handle;
@@ -24,6 +28,7 @@ mod open;
 mod read;
 mod runs;
 pub mod schema;
+mod tail;
 mod write;
 
 pub use handle::{

@@ -3,16 +3,17 @@
 //! rebuild the Bloom filter (at startup) or cover an uncertain commit (after a
 //! reopen). Recovery is this file's alone: the other parts start from its result.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::handle::{Head, Recovered, Row, Store, StoreConfig};
 use super::journal::{self, Journal};
 use super::schema::{
     self, EVENTS, KEY_LOG, KEY_RUN_LOWER, KEY_RUN_UPPER, META, TOPIC_RUNS, TOPICS, legacy, meta,
 };
+use super::tail::Tail;
 use super::write::WriteError;
 use super::{codec, runs};
 
@@ -62,6 +63,7 @@ impl Store {
             index: Default::default(),
             journal: Default::default(),
             replayed: Default::default(),
+            tail: Mutex::new(Tail::new(Head::default())),
         };
         let recovered = store.recover(&db)?;
         *store.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(db));
@@ -107,6 +109,8 @@ impl Store {
             tracing::info!(frames = replayed, next_seq = recovered.head.next_seq, "journal replayed");
         }
         *self.journal.lock().unwrap_or_else(|e| e.into_inner()) = Some(journal);
+        // Whatever was in the tail is in redb now: the replay applied its frames.
+        *self.tail() = Tail::new(recovered.head);
         Ok(recovered)
     }
 
@@ -180,8 +184,9 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Startup filter rebuild: call `f` with the hash of every stored key. A key
-    /// caught mid-merge may be reported twice, which a filter does not mind.
+    /// Startup filter rebuild: call `f` with the hash of every key in redb (at
+    /// startup that is every stored key: the tail is empty yet, see `tail`). A
+    /// key caught mid-merge may be reported twice, which a filter does not mind.
     pub fn for_each_key_hash(&self, f: &mut dyn FnMut(u64)) -> Result<u64, super::read::ReadError> {
         let db = self.database().ok_or(super::read::ReadError::Closed)?;
         let txn = db.begin_read()?;
@@ -206,7 +211,8 @@ impl Store {
 
 impl Store {
     /// Startup top-up of a saved filter: call `f` with the key of every record
-    /// from `from_seq` on (the records themselves, so no index is needed).
+    /// from `from_seq` on (the records themselves, so no index is needed; at
+    /// startup the tail is empty).
     pub fn for_each_key_from(
         &self,
         from_seq: u64,
@@ -303,12 +309,12 @@ fn init(db: &Database) -> Result<(Recovered, [u64; 2]), OpenError> {
             |name| -> Result<u64, OpenError> { Ok(meta_table.get(name)?.map(|v| v.value()).unwrap_or(0)) };
         let head = Head {
             next_seq: read(meta::NEXT_SEQ)?.max(1),
-            next_topic_id: u32::try_from(txn.open_table(TOPICS)?.len()?).unwrap_or(u32::MAX),
             unique: read(meta::UNIQUE)?,
             duplicates: read(meta::DUPLICATES)?,
             journal_frame: read(meta::JOURNAL_FRAME)?,
         };
         txn.open_table(EVENTS)?;
+        txn.open_table(TOPICS)?;
         txn.open_table(TOPIC_RUNS)?;
         txn.open_table(KEY_LOG)?;
         txn.open_table(KEY_RUN_UPPER)?;

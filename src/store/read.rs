@@ -1,13 +1,14 @@
-//! The read paths, each in one read transaction (MVCC: never blocks the writer),
-//! called from `spawn_blocking` threads: exact key lookups (the dedup disk
-//! check), pages of events in arrival order, and the stored topics.
+//! The read paths, each in one read transaction (MVCC: never blocks the writer)
+//! joined to the batches not yet in it (the `tail`), called from `spawn_blocking`
+//! threads: exact key lookups (the dedup disk check), pages of events in arrival
+//! order, and the stored topics.
 
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::codec;
 use super::handle::{Page, Store, StoredEvent};
 use super::runs::BlockFinder;
-use super::schema::{EVENTS, KEY_RUN_LOWER, KEY_RUN_UPPER, TOPIC_RUNS, TOPICS};
+use super::schema::{EVENTS, KEY_RUN_LOWER, KEY_RUN_UPPER, META, TOPIC_RUNS, TOPICS, meta};
 use crate::event::{EventKey, Seq};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +37,29 @@ impl Store {
     /// it holds. The mirror is read after the database is
     /// held and before the read transaction begins (see `index`, "Findable"), so
     /// neither a merge nor a reopen can hide a key.
+    /// Keys of batches in the tail are found there.
     pub fn contains(&self, keys: &[EventKey]) -> Result<Vec<bool>, ReadError> {
         let db = self.database().ok_or(ReadError::Closed)?;
+        let tail = self.tail_batches();
+        let mut found = vec![false; keys.len()];
+        for (key, found) in keys.iter().zip(&mut found) {
+            for batch in &tail {
+                if batch.holds(key)? {
+                    *found = true;
+                    break;
+                }
+            }
+        }
         // (seq, position in `keys`) of every record that may be one of the keys.
         let mut candidates: Vec<(u64, usize)> = Vec::new();
         let mut seqs = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
+        for (i, key) in keys.iter().enumerate().filter(|(i, _)| !found[*i]) {
             self.index.unmerged(key.hash(), &mut seqs);
             candidates.extend(seqs.drain(..).map(|seq| (seq, i)));
         }
         let txn = db.begin_read()?;
         let runs = [txn.open_table(KEY_RUN_UPPER)?, txn.open_table(KEY_RUN_LOWER)?];
-        let mut by_hash: Vec<usize> = (0..keys.len()).collect();
+        let mut by_hash: Vec<usize> = (0..keys.len()).filter(|&i| !found[i]).collect();
         by_hash.sort_unstable_by_key(|&i| keys[i].hash());
         for run in &runs {
             let mut blocks = BlockFinder::new(run);
@@ -56,7 +68,6 @@ impl Store {
             }
         }
         candidates.sort_unstable();
-        let mut found = vec![false; keys.len()];
         let mut chunks = ChunkCursor::new(txn.open_table(EVENTS)?);
         for (seq, i) in candidates {
             if found[i] {
@@ -73,54 +84,27 @@ impl Store {
         Ok(found)
     }
 
-    /// Up to `limit` events after `after`, of one topic or of all, in `seq` order.
+    /// Up to `limit` events after `after`, of one topic or of all, in `seq` order:
+    /// redb's, then those of the batches in the tail.
     pub fn read_page(&self, topic: Option<&str>, after: Seq, limit: usize) -> Result<Page, ReadError> {
         let db = self.database().ok_or(ReadError::Closed)?;
+        let tail = self.tail_batches();
         let txn = db.begin_read()?;
-        let events = txn.open_table(EVENTS)?;
         let Some(first) = after.0.checked_add(1) else {
             return Ok(Page::default());
         };
         let mut page = Vec::with_capacity(limit.min(1024) + 1);
-        match topic {
-            None => {
-                // The chunk holding `first` starts at or before it.
-                let start = match events.range(..=first)?.next_back() {
-                    Some(entry) => entry?.0.value(),
-                    None => first,
-                };
-                'chunks: for entry in events.range(start..)? {
-                    let (chunk_start, bytes) = entry?;
-                    let chunk = codec::Chunk::open(bytes.value())?;
-                    for i in 0..chunk.len() {
-                        let seq = chunk_start.value() + i as u64;
-                        if seq >= first {
-                            page.push(decoded(Seq(seq), chunk.get(i).unwrap_or_default())?);
-                            if page.len() > limit {
-                                break 'chunks;
-                            }
-                        }
-                    }
-                }
-            }
-            Some(topic) => {
-                let Some(id) = txn.open_table(TOPICS)?.get(topic)?.map(|v| v.value().0) else {
-                    return Ok(Page::default());
-                };
-                let order = txn.open_table(TOPIC_RUNS)?;
-                let mut chunks = ChunkCursor::new(events);
-                // The run holding the cursor starts at or before it.
-                let start = match order.range((id, 0)..=(id, after.0))?.next_back() {
-                    Some(entry) => entry?.0.value().1,
-                    None => first,
-                };
-                'runs: for run in order.range((id, start)..=(id, u64::MAX))? {
-                    for seq in codec::decode_seqs(run?.1.value()).filter(|s| *s >= first) {
-                        if let Some(event) = chunks.with_record(seq, |bytes| decoded(Seq(seq), bytes))? {
-                            page.push(event?);
-                        }
+        read_stored(&txn, topic, first, limit, &mut page)?;
+        if page.len() <= limit && !tail.is_empty() {
+            // redb may have applied some of them since they were taken.
+            let applied = txn.open_table(META)?.get(meta::NEXT_SEQ)?.map_or(0, |v| v.value());
+            'tail: for batch in &tail {
+                for (i, row) in batch.rows().enumerate() {
+                    let seq = batch.first_seq + i as u64;
+                    if seq >= first.max(applied) && topic.is_none_or(|t| t == row.topic) {
+                        page.push(decoded(Seq(seq), row.bytes)?);
                         if page.len() > limit {
-                            break 'runs;
+                            break 'tail;
                         }
                     }
                 }
@@ -135,13 +119,73 @@ impl Store {
         Ok(Page { events: page, next_after })
     }
 
-    /// Topics with stored events, sorted.
+    /// Topics with stored events, sorted (those of the tail included).
     pub fn topics(&self) -> Result<Vec<String>, ReadError> {
         let db = self.database().ok_or(ReadError::Closed)?;
+        let tail = self.tail_batches();
         let txn = db.begin_read()?;
         let table = txn.open_table(TOPICS)?;
-        table.iter()?.map(|e| Ok(e?.0.value().to_owned())).collect()
+        let mut topics: std::collections::BTreeSet<String> =
+            table.iter()?.map(|e| Ok(e?.0.value().to_owned())).collect::<Result<_, ReadError>>()?;
+        topics.extend(tail.iter().flat_map(|b| b.rows().map(|row| row.topic.to_owned())));
+        Ok(topics.into_iter().collect())
     }
+}
+
+/// redb's part of a page: up to `limit + 1` events from seq `first` on.
+fn read_stored(
+    txn: &redb::ReadTransaction,
+    topic: Option<&str>,
+    first: u64,
+    limit: usize,
+    page: &mut Vec<StoredEvent>,
+) -> Result<(), ReadError> {
+    let events = txn.open_table(EVENTS)?;
+    match topic {
+        None => {
+            // The chunk holding `first` starts at or before it.
+            let start = match events.range(..=first)?.next_back() {
+                Some(entry) => entry?.0.value(),
+                None => first,
+            };
+            for entry in events.range(start..)? {
+                let (chunk_start, bytes) = entry?;
+                let chunk = codec::Chunk::open(bytes.value())?;
+                for i in 0..chunk.len() {
+                    let seq = chunk_start.value() + i as u64;
+                    if seq >= first {
+                        page.push(decoded(Seq(seq), chunk.get(i).unwrap_or_default())?);
+                        if page.len() > limit {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        Some(topic) => {
+            let Some(id) = txn.open_table(TOPICS)?.get(topic)?.map(|v| v.value().0) else {
+                return Ok(());
+            };
+            let order = txn.open_table(TOPIC_RUNS)?;
+            let mut chunks = ChunkCursor::new(events);
+            // The run holding the cursor starts at or before it.
+            let start = match order.range((id, 0)..=(id, first - 1))?.next_back() {
+                Some(entry) => entry?.0.value().1,
+                None => first,
+            };
+            for run in order.range((id, start)..=(id, u64::MAX))? {
+                for seq in codec::decode_seqs(run?.1.value()).filter(|s| *s >= first) {
+                    if let Some(event) = chunks.with_record(seq, |bytes| decoded(Seq(seq), bytes))? {
+                        page.push(event?);
+                    }
+                    if page.len() > limit {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn decoded(seq: Seq, bytes: &[u8]) -> Result<StoredEvent, ReadError> {

@@ -40,10 +40,18 @@ fn copy_as_crashed(dir: &Path, name: &str, db: &Path, live: &Path) -> std::path:
     to_db
 }
 
-fn append(store: &Store, head: &mut Head, keys: &[EventKey]) -> Result<(), WriteError> {
+/// Append `keys` as one batch; a small one only goes to the tail.
+fn append_to_tail(store: &Store, head: &mut Head, keys: &[EventKey]) -> Result<(), WriteError> {
     let bytes: Vec<_> = keys.iter().map(record_bytes).collect();
     let rows = keys.iter().zip(&bytes).map(|(key, b)| Row::new(key, b));
     store.append(head, rows, 0)
+}
+
+/// Append `keys` as one batch in its own transaction (as the writer does when
+/// tail is full), so that index merges advance by one slice.
+fn append(store: &Store, head: &mut Head, keys: &[EventKey]) -> Result<(), WriteError> {
+    append_to_tail(store, head, keys)?;
+    store.apply_tail()
 }
 
 #[test]
@@ -55,7 +63,7 @@ fn append_read_contains_and_reopen() {
     let keys: Vec<_> = (0..5).map(|i| EventKey::new(h, ["a", "b"][i % 2], i.to_string())).collect();
     let mut head = rec.head;
     append(&store, &mut head, &keys).unwrap();
-    assert_eq!((head.next_seq, head.unique, head.next_topic_id), (6, 5, 2));
+    assert_eq!((head.next_seq, head.unique), (6, 5));
 
     let absent = EventKey::new(h, "a", "1"); // id 1 was stored under "b"
     assert_eq!(store.contains(&[keys[1].clone(), absent]).unwrap(), vec![true, false]);
@@ -234,9 +242,12 @@ fn journaled_batches_come_back_after_a_crash_from_the_journal() {
     let h = KeyHasher::new(rec.key_hash_seed);
     let keys: Vec<_> = (0..50).map(|i| EventKey::new(h, ["a", "b", "c"][i % 3], i.to_string())).collect();
     let mut head = rec.head;
-    for batch in keys.chunks(10) {
-        append(&store, &mut head, batch).unwrap();
+    for (i, batch) in keys.chunks(10).enumerate() {
+        // Three in redb (without fsync), the last two only in the tail.
+        if i < 3 { append(&store, &mut head, batch) } else { append_to_tail(&store, &mut head, batch) }
+            .unwrap();
     }
+    assert_eq!(store.tail_events(), 20);
     assert_eq!(head.journal_frame, 5);
     assert!(store.journal_bytes() > 0, "small batches went to the journal");
 
@@ -254,6 +265,46 @@ fn journaled_batches_come_back_after_a_crash_from_the_journal() {
     // The replay ended in a durable commit: nothing is replayed twice.
     let (store, third) = Store::open(config(&crashed_db, DEFAULT_MERGE_THRESHOLD)).unwrap();
     assert_eq!((third.head, store.journal_frames_replayed()), (head, 0));
+}
+
+/// Small batches go to the tail after their journal frame (`tail`):
+/// every read sees them at once, beside what redb has, each event once; a
+/// large batch applies them first, so seqs and topic ids keep their order.
+#[test]
+fn the_tail_is_read_beside_redb_and_applied_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, rec) = Store::open(config(&dir.path().join("db.redb"), DEFAULT_MERGE_THRESHOLD)).unwrap();
+    let h = KeyHasher::new(rec.key_hash_seed);
+    let keys: Vec<_> =
+        (0..30).map(|i| EventKey::new(h, ["a", "b"][usize::from(i >= 5)], i.to_string())).collect();
+    let mut head = rec.head;
+    append_to_tail(&store, &mut head, &keys[..3]).unwrap();
+    store.apply_tail().unwrap();
+    append_to_tail(&store, &mut head, &keys[3..6]).unwrap(); // topic "b" is new, and only in the tail
+    assert_eq!((store.tail_events(), head.next_seq), (3, 7));
+    let seqs = |store: &Store, topic, after, limit| -> (Vec<u64>, Option<Seq>) {
+        let page = store.read_page(topic, Seq(after), limit).unwrap();
+        (page.events.iter().map(|e| e.seq.0).collect(), page.next_after)
+    };
+    assert_eq!(seqs(&store, None, 0, 10), (vec![1, 2, 3, 4, 5, 6], None));
+    assert_eq!(seqs(&store, Some("a"), 2, 2), (vec![3, 4], Some(Seq(4))), "a page across redb and the tail");
+    assert_eq!(seqs(&store, Some("b"), 0, 10), (vec![6], None));
+    assert_eq!(store.topics().unwrap(), vec!["a", "b"]);
+    assert!(store.contains(&keys[..6]).unwrap().iter().all(|&found| found));
+    assert_eq!(store.contains(&[EventKey::new(h, "a", "5")]).unwrap(), vec![false], "5 is under b");
+
+    let big = StoreConfig {
+        journal_max_frame_bytes: 256,
+        ..config(&dir.path().join("db.redb"), DEFAULT_MERGE_THRESHOLD)
+    };
+    drop(store);
+    let (store, rec) = Store::open(big).unwrap();
+    assert_eq!((rec.head, store.tail_events()), (head, 0), "replayed at open");
+    append_to_tail(&store, &mut head, &keys[6..8]).unwrap(); // to the tail
+    append_to_tail(&store, &mut head, &keys[8..]).unwrap(); // past the frame limit: applies the tail first
+    assert_eq!((store.tail_events(), head.next_seq, store.journal_bytes()), (0, 31, 0));
+    assert_eq!(seqs(&store, Some("b"), 0, 100).0, (6..=30).collect::<Vec<_>>());
+    assert_eq!(store.topics().unwrap(), vec!["a", "b"]);
 }
 
 /// A journal whose first frame is not the one after the database's last (a

@@ -1,13 +1,15 @@
-//! The write path: one batch per write transaction (event chunks, per-topic
-//! runs, the key-log rows, counters, and the next slice of each running index
-//! merge). A small batch is made durable by its journal frame and committed
-//! without fsync; a large one, and every `CHECKPOINT_BYTES` of journal, by
-//! redb's durable commit, which covers the journal up to it. Called by the
-//! writer thread only (and by `open`, replaying the journal).
+//! The write path: a write transaction holds event chunks, per-topic runs, the
+//! key-log rows, counters, and the next slice of each running index merge. The
+//! smallest batches are made durable by their journal frame alone and kept in the tail, then
+//! applied together in one transaction without fsync (`tail`); a batch up to
+//! the journal's frame limit is made durable by its frame and committed in its
+//! own transaction without fsync; a larger one, and every `CHECKPOINT_BYTES` of
+//! journal, by redb's durable commit, which covers the journal up to it. Called
+//! by the writer thread only (and by `open`, replaying the journal).
 
 use std::collections::HashMap;
 
-use redb::{Durability, ReadableTable, WriteTransaction};
+use redb::{Durability, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::codec;
 use super::handle::{Head, Row, Store};
@@ -15,6 +17,7 @@ use super::index;
 use super::journal::{self, Journal};
 use super::runs;
 use super::schema::{EVENTS, KEY_LOG, KEY_RUN_LOWER, KEY_RUN_UPPER, META, TOPIC_RUNS, TOPICS, meta};
+use super::tail;
 
 /// Journal bytes after which the next batch is committed durably (a
 /// checkpoint), and the journal starts over: this bounds the replay at open.
@@ -51,10 +54,15 @@ pub(super) struct Applied {
 }
 
 impl Store {
-    /// Append new events (in order) and count `duplicates`, in one transaction,
-    /// together with the next slice of a running key-log merge. When this
-    /// returns `Ok` the batch is durable (journal frame synced, or redb commit
-    /// fsynced); `head` advances only then.
+    /// Append new events (in order) and count `duplicates`. When this returns
+    /// `Ok` the batch is durable (journal frame synced, or redb commit fsynced)
+    /// and every read sees it; `head` advances only then.
+    ///
+    /// A batch whose frame is at most `tail::MAX_FRAME_BYTES` is only
+    /// journaled and kept in the tail (write-behind): the writer applies the tail
+    /// to redb later, in one transaction (`apply_tail`). A larger batch is applied in its
+    /// own transaction, after the tail, together with the next slice of a
+    /// running key-log merge.
     ///
     /// A journaled batch's frame of at least `OVERLAP_SYNC_MIN_BYTES` is synced
     /// on a second thread while this one applies the batch to redb and commits
@@ -72,10 +80,15 @@ impl Store {
         let db = self.database().ok_or(WriteError::Closed)?;
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         let journal = journal.as_mut().ok_or(WriteError::Closed)?;
-        let mut next = *head;
         let frame_len = journal::frame_len(rows.clone().map(|row| row.bytes.len()));
         let journaled = frame_len <= self.config.journal_max_frame_bytes
             && journal.len() + frame_len as u64 <= CHECKPOINT_BYTES;
+        if journaled && frame_len <= tail::MAX_FRAME_BYTES {
+            return self.hold(journal, head, rows, duplicates);
+        }
+        self.apply_tail_in(&db)?;
+        let mut next = self.tail().applied;
+        debug_assert_eq!(next.next_seq, head.next_seq, "redb holds every batch before this one");
         let frame = if journaled {
             next.journal_frame += 1;
             let records = rows.clone().map(|row| row.bytes);
@@ -114,6 +127,66 @@ impl Store {
             journal.reset();
         }
         self.committed(head, next, applied);
+        self.tail().applied(0, next);
+        Ok(())
+    }
+
+    /// A small batch: its frame written and synced, then kept in the tail
+    /// for a later transaction. `head` advances by the batch.
+    fn hold<'a>(
+        &self,
+        journal: &mut Journal,
+        head: &mut Head,
+        rows: impl Iterator<Item = Row<'a>> + Clone,
+        duplicates: u64,
+    ) -> Result<(), WriteError> {
+        let frame_no = head.journal_frame + 1;
+        let end = journal
+            .write_frame(frame_no, head.next_seq, duplicates, rows.clone().map(|row| row.bytes))
+            .map_err(WriteError::Journal)?;
+        journal.sync().map_err(WriteError::Journal)?;
+        journal.frame_synced(end);
+        let batch = tail::Batch::new(frame_no, head.next_seq, duplicates, rows);
+        let events = batch.len() as u64;
+        self.tail().push(batch);
+        head.next_seq += events;
+        head.unique += events;
+        head.duplicates += duplicates;
+        head.journal_frame = frame_no;
+        Ok(())
+    }
+
+    /// Writer only: whether the tail should be applied now (see `tail`).
+    pub fn tail_is_full(&self) -> bool {
+        self.tail().full()
+    }
+
+    /// Writer only: apply the tail to redb, in one transaction committed
+    /// without fsync (their frames keep them durable), together with the next
+    /// slice of a running key-log merge. A failure is a storage error like a
+    /// failed commit; nothing in the tail is lost (the reopen replays the journal).
+    pub fn apply_tail(&self) -> Result<(), WriteError> {
+        let db = self.database().ok_or(WriteError::Closed)?;
+        self.apply_tail_in(&db)
+    }
+
+    fn apply_tail_in(&self, db: &redb::Database) -> Result<(), WriteError> {
+        let (batches, before) = {
+            let tail = self.tail();
+            if tail.is_empty() {
+                return Ok(());
+            }
+            (tail.snapshot(), tail.applied)
+        };
+        let last = batches.last().map_or(before.journal_frame, |b| b.frame_no);
+        let mut next = Head { journal_frame: last, ..before };
+        let duplicates = batches.iter().map(|b| b.duplicates).sum();
+        let rows = batches.iter().flat_map(|b| b.rows());
+        let applied = self.apply_and_commit(db, Durability::None, &mut next, rows, duplicates)?;
+        // The mirror first, then the batches leave: a reader always finds them.
+        let mut head = before;
+        self.committed(&mut head, next, applied);
+        self.tail().applied(batches.len(), next);
         Ok(())
     }
 
@@ -140,6 +213,7 @@ impl Store {
         let db = self.database().ok_or(WriteError::Closed)?;
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         let journal = journal.as_mut().ok_or(WriteError::Closed)?;
+        self.apply_tail_in(&db)?;
         if !journal.is_empty() {
             durable_commit(&db, journal)?;
         }
@@ -287,10 +361,11 @@ fn write_events<'a>(
     let mut topic_runs = txn.open_table(TOPIC_RUNS)?;
     for (topic, seqs) in runs {
         let known = topics.get(topic)?.map(|v| v.value());
-        let (id, stored) = known.unwrap_or_else(|| {
-            next.next_topic_id += 1;
-            (next.next_topic_id - 1, 0)
-        });
+        // Topic ids are dense from 0, in order of first arrival.
+        let (id, stored) = match known {
+            Some(known) => known,
+            None => (u32::try_from(topics.len()?).unwrap_or(u32::MAX), 0),
+        };
         topics.insert(topic, (id, stored + seqs.len() as u64))?;
         topic_runs.insert((id, seqs[0]), codec::encode_seqs(&seqs).as_slice())?;
     }

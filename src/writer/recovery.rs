@@ -53,12 +53,13 @@ impl Writer {
         backoff(failures);
     }
 
-    /// A checkpoint failed: no batch is at stake (each is in the journal), so
-    /// only reopen, which replays the journal.
+    /// A checkpoint, or the tail's transaction, failed:
+    /// no batch is at stake (each is in the journal, and acknowledged), so only
+    /// reopen, which replays the journal.
     pub(super) fn checkpoint_failed(&mut self, error: &WriteError) {
         let failures = self.stats.commit_failed();
         self.stats.storage_failed(error);
-        tracing::error!(%error, failures, "checkpoint failed; reopening the database");
+        tracing::error!(%error, failures, "checkpoint or write-behind commit failed; reopening the database");
         self.reopen(|_, _| {});
     }
 
