@@ -91,8 +91,7 @@ impl Journal {
     ) -> io::Result<(Journal, Vec<Frame>)> {
         let allocated = backend.len()?;
         let mut journal = Journal { backend, seed, end: 0, allocated, buf: Vec::new() };
-        let mut frames = journal.read_frames()?;
-        frames.retain(|frame| frame.frame_no > covered);
+        let frames = journal.read_frames(covered)?;
         Ok((journal, frames))
     }
 
@@ -189,10 +188,14 @@ impl Journal {
         Ok(FrameEnd(end))
     }
 
-    /// Frames from offset 0 while whole and consecutively numbered.
-    fn read_frames(&mut self) -> io::Result<Vec<Frame>> {
+    /// Frames from offset 0 while whole and consecutively numbered; those
+    /// numbered up to `covered` are checked and followed, but not kept (after a
+    /// clean shutdown that is the whole file, up to `CHECKPOINT_BYTES`).
+    fn read_frames(&mut self, covered: u64) -> io::Result<Vec<Frame>> {
         let mut frames: Vec<Frame> = Vec::new();
+        let mut last: Option<u64> = None;
         let mut header = [0u8; HEADER];
+        let mut body = Vec::new();
         while self.end + HEADER as u64 <= self.allocated {
             self.backend.read(self.end, &mut header)?;
             let body_len = u64::from(u32::from_le_bytes(header[..4].try_into().expect("4 bytes")));
@@ -201,16 +204,20 @@ impl Journal {
             if body_len < BODY_FIXED as u64 || body_start + body_len > self.allocated {
                 break;
             }
-            let mut body = vec![0; body_len as usize];
+            body.resize(body_len as usize, 0);
             self.backend.read(body_start, &mut body)?;
             if xxh3_64_with_seed(&body, self.seed) != checksum {
                 break;
             }
-            let Some(frame) = parse_body(&body) else { break };
-            if frames.last().is_some_and(|last| frame.frame_no != last.frame_no + 1) {
+            let frame_no = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+            if last.is_some_and(|last| frame_no != last + 1) {
                 break;
             }
-            frames.push(frame);
+            if frame_no > covered {
+                let Some(frame) = parse_body(&body) else { break };
+                frames.push(frame);
+            }
+            last = Some(frame_no);
             self.end = body_start + body_len;
         }
         Ok(frames)
