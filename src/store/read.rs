@@ -40,9 +40,10 @@ impl Store {
     /// Keys of batches in the tail are found there.
     pub fn contains(&self, keys: &[EventKey]) -> Result<Vec<bool>, ReadError> {
         let db = self.database().ok_or(ReadError::Closed)?;
-        let tail = self.tail_batches();
+        let mut tail = self.tail_batches();
+        tail.retain(|batch| !batch.is_empty()); // batches of only duplicates
         let mut found = vec![false; keys.len()];
-        for (key, found) in keys.iter().zip(&mut found) {
+        for (key, found) in keys.iter().zip(&mut found).filter(|_| !tail.is_empty()) {
             for batch in &tail {
                 if batch.holds(key)? {
                     *found = true;

@@ -19,8 +19,8 @@
 //! - **Durable by the journal.** A batch in the tail is in the journal (synced),
 //!   so a crash or a failed commit loses nothing: the next open, or the writer's
 //!   reopen, replays it, and starts the store again with an empty tail.
-//! - **Bounded.** The writer applies the tail once it reaches [`MAX_EVENTS`] or
-//!   [`MAX_BYTES`], and when it idles.
+//! - **Bounded.** The writer applies the tail once it reaches [`MAX_EVENTS`],
+//!   [`MAX_BYTES`] or [`MAX_BATCHES`], and when it idles.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -31,13 +31,18 @@ use crate::event::EventKey;
 
 /// Frames up to this size go to the tail (a single event's frame is ~300 bytes);
 /// larger batches are applied to redb before they are acknowledged, as the
-/// per-event work then outweighs a commit's fixed cost.
+/// per-event work then outweighs a commit's fixed cost. So are batches of only
+/// duplicates: their transaction is what moves a running index merge on while
+/// a replay stores nothing.
 pub(super) const MAX_FRAME_BYTES: usize = 64 << 10;
 
 /// The writer applies the tail once it holds this many events...
 const MAX_EVENTS: usize = 512;
-/// ... or this many bytes of records.
+/// ... or this many bytes of records...
 const MAX_BYTES: usize = 256 << 10;
+/// ... or this many batches (a batch of only duplicates has no events, and
+/// each batch is one more for every read to look through).
+const MAX_BATCHES: usize = 32;
 
 /// One batch of the tail: its records back to back, and per record its key's hash
 /// and its topic (the rows `apply` needs, without decoding).
@@ -78,6 +83,11 @@ impl Batch {
         self.index.len()
     }
 
+    /// A batch of only duplicates: nothing for a read to find.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
     /// The rows, in seq order from `first_seq`.
     pub fn rows(&self) -> impl Iterator<Item = Row<'_>> + Clone {
         let starts = std::iter::once((0, 0)).chain(self.index.iter().map(|&(_, r, t)| (r, t)));
@@ -92,9 +102,14 @@ impl Batch {
 
     /// Whether `key` is one of the batch's records (its exact bytes).
     pub fn holds(&self, key: &EventKey) -> Result<bool, bincode::error::DecodeError> {
-        for row in self.rows().filter(|row| row.hash == key.hash()) {
-            if codec::decode_key(row.bytes)? == (key.topic(), key.event_id()) {
-                return Ok(true);
+        for (i, &(hash, end, _)) in self.index.iter().enumerate() {
+            if hash == key.hash() {
+                let start = i.checked_sub(1).map_or(0, |before| self.index[before].1);
+                if codec::decode_key(&self.records[start as usize..end as usize])?
+                    == (key.topic(), key.event_id())
+                {
+                    return Ok(true);
+                }
             }
         }
         Ok(false)
@@ -151,7 +166,7 @@ impl Tail {
 
     /// Whether the writer should apply the tail now.
     pub fn full(&self) -> bool {
-        self.events >= MAX_EVENTS || self.bytes >= MAX_BYTES
+        self.events >= MAX_EVENTS || self.bytes >= MAX_BYTES || self.batches.len() >= MAX_BATCHES
     }
 }
 
@@ -192,5 +207,21 @@ mod tests {
             !batch.holds(&EventKey::new(hasher, "orders", "b")).unwrap(),
             "exact bytes, not the topic alone"
         );
+    }
+
+    /// Reads look through every batch, so the tail is bounded in batches as well
+    /// as in events and bytes.
+    #[test]
+    fn the_tail_is_full_at_its_bound_in_batches() {
+        let key = EventKey::new(KeyHasher::new(7), "t", "k");
+        let bytes = [0u8; 8];
+        let mut tail = Tail::new(Head::default());
+        for n in 0..MAX_BATCHES as u64 {
+            assert!(!tail.full(), "{n} batches of one event");
+            tail.push(Batch::new(n + 1, n, 0, std::iter::once(Row::new(&key, &bytes))));
+        }
+        assert!(tail.full());
+        tail.applied(MAX_BATCHES, Head { next_seq: MAX_BATCHES as u64, ..Head::default() });
+        assert!(tail.is_empty() && !tail.full());
     }
 }

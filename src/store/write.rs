@@ -83,7 +83,10 @@ impl Store {
         let frame_len = journal::frame_len(rows.clone().map(|row| row.bytes.len()));
         let journaled = frame_len <= self.config.journal_max_frame_bytes
             && journal.len() + frame_len as u64 <= CHECKPOINT_BYTES;
-        if journaled && frame_len <= tail::MAX_FRAME_BYTES {
+        // A batch of only duplicates gets its own transaction: it is what moves
+        // a running index merge on while a replay stores nothing.
+        let has_events = rows.clone().next().is_some();
+        if journaled && has_events && frame_len <= tail::MAX_FRAME_BYTES {
             return self.hold(journal, head, rows, duplicates);
         }
         self.apply_tail_in(&db)?;
