@@ -19,8 +19,9 @@
 //! - **Durable by the journal.** A batch in the tail is in the journal (synced),
 //!   so a crash or a failed commit loses nothing: the next open, or the writer's
 //!   reopen, replays it, and starts the store again with an empty tail.
-//! - **Bounded.** The writer applies the tail once it reaches [`MAX_EVENTS`],
-//!   [`MAX_BYTES`] or [`MAX_BATCHES`], and when it idles.
+//! - **Bounded.** The tail is applied once it reaches [`MAX_EVENTS`],
+//!   [`MAX_BYTES`] or [`MAX_BATCHES`] (by the append that filled it, before
+//!   that batch is acknowledged), and when the writer idles.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -36,7 +37,7 @@ use crate::event::EventKey;
 /// a replay stores nothing.
 pub(super) const MAX_FRAME_BYTES: usize = 64 << 10;
 
-/// The writer applies the tail once it holds this many events...
+/// The tail is applied once it holds this many events...
 const MAX_EVENTS: usize = 512;
 /// ... or this many bytes of records...
 const MAX_BYTES: usize = 256 << 10;
@@ -164,7 +165,7 @@ impl Tail {
         self.events
     }
 
-    /// Whether the writer should apply the tail now.
+    /// Whether the tail should be applied now.
     pub fn full(&self) -> bool {
         self.events >= MAX_EVENTS || self.bytes >= MAX_BYTES || self.batches.len() >= MAX_BATCHES
     }

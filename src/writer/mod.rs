@@ -10,8 +10,8 @@
 //! see `store`), and only then hands the batch to the `settler` thread, which
 //! sets the filter bits and releases the acks (group commit); a batch of at most
 //! `SETTLE_ON_WRITER_MAX_EVENTS` it settles itself while that thread is idle
-//! (`SettlerHandle`). After the acks it applies the tail to redb in one
-//! transaction once they are many enough (`store::tail`), and when it has idled
+//! (`SettlerHandle`). The tail goes to redb in one transaction once full (by
+//! the append that filled it, `store::tail`), and when the writer has idled
 //! `APPLY_TAIL_WHEN_IDLE_FOR`. After `CHECKPOINT_WHEN_IDLE_FOR` without a batch, and
 //! before it exits, it makes the journaled batches durable in redb (a checkpoint).
 //! Promises:
@@ -307,11 +307,6 @@ impl Writer {
             Ok(()) => {
                 self.stats.commit_succeeded();
                 self.hand_to_settler(items, before, started);
-                // After the acks: the tail's transaction delays the
-                // next batch, never this one.
-                if self.store.tail_is_full() {
-                    self.apply_tail();
-                }
             }
             Err(error) => self.append_failed(Attempt::new(items, before, duplicates, started), &error),
         }
