@@ -36,14 +36,13 @@ impl Store {
     /// order, so each record chunk is read once however many of the batch's keys
     /// it holds. The mirror is read after the database is
     /// held and before the read transaction begins (see `index`, "Findable"), so
-    /// neither a merge nor a reopen can hide a key.
-    /// Keys of batches in the tail are found there.
+    /// neither a merge nor a reopen can hide a key. Keys of the tail's batches,
+    /// taken before the mirror, are found in memory (see `tail`).
     pub fn contains(&self, keys: &[EventKey]) -> Result<Vec<bool>, ReadError> {
         let db = self.database().ok_or(ReadError::Closed)?;
-        let mut tail = self.tail_batches();
-        tail.retain(|batch| !batch.is_empty()); // batches of only duplicates
+        let tail = self.tail_batches();
         let mut found = vec![false; keys.len()];
-        for (key, found) in keys.iter().zip(&mut found).filter(|_| !tail.is_empty()) {
+        for (key, found) in keys.iter().zip(&mut found) {
             for batch in &tail {
                 if batch.holds(key)? {
                     *found = true;

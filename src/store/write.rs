@@ -139,7 +139,7 @@ impl Store {
             journal.reset();
         }
         self.committed(head, next, applied);
-        self.tail().applied(0, next);
+        self.tail().committed(0, next);
         Ok(())
     }
 
@@ -193,7 +193,7 @@ impl Store {
         // The mirror first, then the batches leave: a reader always finds them.
         let mut head = before;
         self.committed(&mut head, next, applied);
-        self.tail().applied(batches.len(), next);
+        self.tail().committed(batches.len(), next);
         Ok(())
     }
 
